@@ -1,0 +1,105 @@
+"""The ``herd-agent`` command line (click).
+
+Subcommands load lazily (:class:`LazyGroup`), so ``herd-agent watch`` never imports the sandbox,
+boto3 or a Kubernetes client just to parse its arguments.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass
+
+import click
+
+from herd_agent import __version__
+from herd_agent.errors import ConfigError, ExitCode, HerdError
+from herd_agent.host.fsroot import HostRoot
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are ``"module:attribute"`` strings imported on first use."""
+
+    def __init__(self, *args: object, lazy: dict[str, str] | None = None, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Eager and lazy command names, sorted."""
+        return sorted(set(super().list_commands(ctx)) | set(self._lazy))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """Import a lazy command when it is first asked for."""
+        if cmd_name in self._lazy:
+            module, _, attr = self._lazy[cmd_name].partition(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, cmd_name)
+
+
+@dataclass
+class AppContext:
+    """What every command gets through ``ctx.obj``: the host root and the log level."""
+
+    root: HostRoot
+    log_level: str | None
+
+
+# Subcommands, added by the issue that builds each one.
+COMMANDS = {
+    "config": "herd_agent.cli.config_cmd:config",
+    "sandbox": "herd_agent.sandbox.cli:sandbox",
+}
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=str),
+    default="/",
+    show_default=True,
+    envvar="HERD_AGENT_ROOT",
+    help="Directory that stands for / : every host file is read and written under it (env HERD_AGENT_ROOT).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default=None,
+    help="Override log.level from the config.",
+)
+@click.version_option(__version__, prog_name="herd-agent")
+@click.pass_context
+def cli(ctx: click.Context, root: str, log_level: str | None) -> None:
+    """herd-agent: joins this EC2 instance to its k3s cluster and takes it out gracefully.
+
+    It runs from systemd units on every instance of an Auto Scaling Group: discovers the control
+    plane by EC2 tags, joins k3s and etcd, keeps /etc/hosts, and on lifecycle hooks, spot
+    interruptions or shutdown drains the node, removes it and completes the lifecycle action.
+
+    \b
+    Exit codes: 0 ok, 1 failure, 64 usage, 65 bad cloud data, 66 missing remote object,
+    69 unavailable, 73 cannot write, 77 permission denied, 78 bad config, 80 command failed,
+    81 timed out (docs/exit-codes.md).
+    """
+    ctx.obj = AppContext(root=HostRoot(root), log_level=log_level.upper() if log_level else None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the CLI and map :class:`HerdError` to its exit code."""
+    try:
+        cli.main(args=argv, prog_name="herd-agent", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(ExitCode.FAILURE)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(ExitCode.USAGE if isinstance(exc, click.UsageError) else ExitCode.FAILURE)
+    except ConfigError as exc:
+        for line in exc.problems:
+            click.echo(line, err=True)
+        sys.exit(exc.exit_code)
+    except HerdError as exc:
+        click.echo(f"herd-agent: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(ExitCode.OK)

@@ -1,0 +1,230 @@
+"""The one schema of the agent's configuration.
+
+Every key has a type, a default, an allowed range or set, and one line of documentation. The
+loader validates against it, ``config check`` prints it merged, and ``docs/configuration.md`` is
+generated from it (``python -m herd_agent.config.docs``; a test fails when the two drift).
+
+Values of string keys may use the placeholder ``{cluster}`` (the cluster name).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+ROLES = ("control-plane", "node")
+
+# Defaults from k3s' and Kubernetes' documented host requirements (k3s "Requirements";
+# kubeadm "container runtimes" prerequisites: br_netfilter, overlay, forwarding).
+DEFAULT_SYSCTLS = {
+    "net.ipv4.ip_forward": "1",
+    "net.ipv6.conf.all.forwarding": "1",
+    "net.bridge.bridge-nf-call-iptables": "1",
+    "net.bridge.bridge-nf-call-ip6tables": "1",
+    "fs.inotify.max_user_instances": "8192",
+    "fs.inotify.max_user_watches": "524288",
+    "vm.overcommit_memory": "1",
+    "kernel.panic": "10",
+    "kernel.panic_on_oops": "1",
+}
+DEFAULT_MODULES = ["br_netfilter", "overlay"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One configuration key.
+
+    Attributes:
+        path: dotted key, e.g. ``watch.poll_interval_s``.
+        type: one of ``str``, ``int``, ``float``, ``bool``, ``list[str]``, ``map[str,str]``,
+            ``map[str,any]``.
+        default: value when unset; None means "unset" (allowed only when ``nullable``).
+        doc: one line for people.
+        choices: allowed values, when the key is an enumeration.
+        min, max: inclusive numeric range (units are in the key's suffix: ``_s`` seconds).
+        pattern: regular expression a string (or each list item) must match in full.
+        nullable: None is a valid value.
+        secret: masked as ``***`` whenever the config is printed or logged.
+    """
+
+    path: str
+    type: str
+    default: Any
+    doc: str
+    choices: tuple[Any, ...] | None = None
+    min: float | None = None
+    max: float | None = None
+    pattern: str | None = None
+    nullable: bool = False
+    secret: bool = False
+
+    @property
+    def regex(self) -> re.Pattern[str] | None:
+        """The compiled ``pattern`` (None when there is none)."""
+        return re.compile(self.pattern) if self.pattern else None
+
+
+@dataclass(frozen=True)
+class RoleRequirement:
+    """For instances of ``role``, at least one of ``any_of`` must be set; ``why`` says what needs it."""
+
+    role: str
+    any_of: tuple[str, ...]
+    why: str
+
+
+@dataclass(frozen=True)
+class Exclusive:
+    """At most one of ``keys`` may be set (to a non-default value); ``why`` says why."""
+
+    keys: tuple[str, ...]
+    why: str
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The whole schema: options plus cross-key rules."""
+
+    options: tuple[Option, ...]
+    role_requirements: tuple[RoleRequirement, ...] = field(default=())
+    exclusives: tuple[Exclusive, ...] = field(default=())
+
+    def by_path(self) -> dict[str, Option]:
+        """Options keyed by their dotted path."""
+        return {o.path: o for o in self.options}
+
+    def sections(self) -> list[str]:
+        """Top-level section names in schema order."""
+        seen: list[str] = []
+        for o in self.options:
+            head = o.path.split(".", 1)[0]
+            if head not in seen:
+                seen.append(head)
+        return seen
+
+
+_NAME = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_TAG_KEY = r"[A-Za-z0-9+\-=._:@]{1,128}"  # instance-metadata tag keys may not contain '/'
+_SSM_NAME = r"/?[A-Za-z0-9_.\-/{}]{1,1011}"
+_URL = r"https?://[^\s]+"
+_IP = r"(\d{1,3}\.){3}\d{1,3}"
+
+O = Option
+
+SCHEMA = Schema(
+    options=(
+        # cluster / identity
+        O("cluster.name", "str", None, "Cluster name; unset means the instance's cluster tag decides.",
+          pattern=_NAME, nullable=True),
+        O("identity.role", "str", None, "Role override; unset means the instance's role tag decides.",
+          choices=ROLES, nullable=True),
+        O("identity.cluster_tag", "str", "herd:cluster", "EC2 tag key that names the cluster (seed layout: Cluster).",
+          pattern=_TAG_KEY),
+        O("identity.role_tag", "str", "herd:role", "EC2 tag key that names the role (seed layout: Role).",
+          pattern=_TAG_KEY),
+        O("identity.control_plane_value", "str", "control-plane", "Role tag value meaning a control plane."),
+        O("identity.node_value", "str", "node", "Role tag value meaning a worker node."),
+        # instance metadata
+        O("imds.endpoint", "str", "http://169.254.169.254",
+          "IMDS base URL; AWS_EC2_METADATA_SERVICE_ENDPOINT overrides it.", pattern=_URL),
+        O("imds.token_ttl_s", "int", 21600, "IMDSv2 session token lifetime in seconds.", min=60, max=21600),
+        O("imds.timeout_s", "float", 2.0, "Timeout of one IMDS request, seconds.", min=0.1, max=60),
+        O("imds.attempts", "int", 5, "Attempts per IMDS request on 5xx or timeout (backoff between).", min=1, max=50),
+        # discovery
+        O("discovery.addresses", "list[str]", [], "Fixed control-plane IPs; replaces the EC2 tag lookup.",
+          pattern=_IP),
+        O("discovery.instance_ids", "list[str]", [], "Fixed control-plane instance ids; replaces the tag lookup.",
+          pattern=r"i-[0-9a-f]{8,17}"),
+        O("discovery.api_port", "int", 6443, "k3s API port probed by the health check.", min=1, max=65535),
+        O("discovery.health_timeout_s", "float", 2.0, "Timeout of one control-plane health probe, seconds.",
+          min=0.1, max=60),
+        O("discovery.attempts", "int", 10, "Discovery rounds before giving up with 'no control plane'.",
+          min=1, max=1000),
+        O("discovery.backoff_max_s", "float", 30.0, "Longest wait between discovery rounds, seconds.",
+          min=0.1, max=600),
+        # /etc/hosts
+        O("hosts.endpoint_name", "str", "control-plane.{cluster}.internal",
+          "Name of the control-plane endpoint kept in /etc/hosts and in the k3s tls-san."),
+        O("hosts.refresh_interval_s", "int", 30, "How often the watcher re-checks the endpoint, seconds.",
+          min=5, max=3600),
+        # kernel
+        O("kernel.sysctls", "map[str,str]", DEFAULT_SYSCTLS, "sysctl values written to /etc/sysctl.d and applied."),
+        O("kernel.modules", "list[str]", DEFAULT_MODULES, "Kernel modules written to /etc/modules-load.d and loaded.",
+          pattern=r"[A-Za-z0-9_\-]+"),
+        O("kernel.inhibit_delay_max_s", "int", 300, "logind InhibitDelayMaxSec, so kubelet can finish a shutdown.",
+          min=0, max=3600),
+        O("kernel.shutdown_grace_period_s", "int", 240, "kubelet shutdownGracePeriod, seconds.", min=0, max=3600),
+        O("kernel.shutdown_grace_period_critical_pods_s", "int", 60,
+          "kubelet shutdownGracePeriodCriticalPods, seconds (part of the grace period).", min=0, max=3600),
+        # join token
+        O("token.source", "str", "ssm", "Where the k3s join token lives.", choices=("ssm", "secretsmanager")),
+        O("token.name", "str", "/herd/{cluster}/token", "SSM parameter name or Secrets Manager secret id of the token.",
+          pattern=_SSM_NAME),
+        # etcd
+        O("etcd.mode", "str", "external", "external: agent-run stacked etcd; embedded: k3s' own etcd.",
+          choices=("external", "embedded")),
+        O("etcd.client_port", "int", 2379, "etcd client port.", min=1, max=65535),
+        O("etcd.peer_port", "int", 2380, "etcd peer port.", min=1, max=65535),
+        O("etcd.data_dir", "str", "/var/lib/etcd", "etcd data directory (external mode).", pattern=r"/.*"),
+        O("etcd.stale_grace_s", "int", 300, "A member whose instance is gone this long is stale, seconds.",
+          min=30, max=86400),
+        O("etcd.unstarted_grace_s", "int", 600, "A member added but never started this long is stale, seconds.",
+          min=60, max=86400),
+        # k3s
+        O("k3s.node_name", "str", "instance-id", "Node name scheme; instance ids survive EC2's reuse of IPs.",
+          choices=("instance-id", "hostname")),
+        O("k3s.extra", "map[str,any]", {}, "Extra k3s config keys (flags without dashes), merged into our file."),
+        # join
+        O("join.ready_timeout_s", "int", 600, "Longest wait for the Node to turn Ready, seconds.", min=10, max=7200),
+        O("join.failure_result", "str", "ABANDON", "Launch-hook result when the join definitely fails.",
+          choices=("ABANDON", "CONTINUE")),
+        # Kubernetes credentials
+        O("kube.kubeconfig", "str", None, "Kubeconfig the agent uses (control planes default to k3s' admin one).",
+          nullable=True, pattern=r"/.*"),
+        O("kube.token_ssm_parameter", "str", None, "SSM SecureString holding a ServiceAccount token for the agent.",
+          nullable=True, pattern=_SSM_NAME),
+        O("kube.token_secret_id", "str", None, "Secrets Manager secret holding a ServiceAccount token for the agent.",
+          nullable=True),
+        O("kube.insecure_skip_tls_verify", "bool", False,
+          "Turn OFF TLS certificate checks for the Kubernetes API. Never do this outside a lab."),
+        # watcher
+        O("watch.poll_interval_s", "float", 1.0, "IMDS poll interval, seconds.", min=0.2, max=60),
+        O("watch.on_rebalance", "str", "ignore", "Reaction to a rebalance recommendation.",
+          choices=("ignore", "cordon", "leave")),
+        O("watch.on_maintenance", "str", "cordon", "Reaction to a scheduled maintenance event.",
+          choices=("ignore", "cordon", "leave")),
+        # leave
+        O("leave.delete_emptydir_data", "bool", True, "Evict pods with emptyDir volumes (their data is lost)."),
+        O("leave.evict_unmanaged", "bool", True, "Evict pods no controller will recreate."),
+        O("leave.eviction_parallelism", "int", 8, "Evictions in flight at once.", min=1, max=64),
+        O("leave.delete_after_budget", "bool", True, "When the drain budget is spent, delete the pods left."),
+        O("leave.reserve_s", "int", 30, "Time kept back from the drain for the steps after it, seconds.",
+          min=5, max=600),
+        O("leave.stop_timeout_s", "int", 900, "The unit's stop timeout (TimeoutStopSec), seconds.", min=30, max=7200),
+        O("leave.stop_k3s", "str", "killall", "How k3s stops: killall also stops its pods; stop leaves them.",
+          choices=("killall", "stop", "none")),
+        O("leave.failure_result", "str", "CONTINUE", "Terminate-hook result when a leave step failed.",
+          choices=("CONTINUE", "ABANDON")),
+        # signals
+        O("notify.webhook_url", "str", None, "POST a JSON event here on each leave phase.", nullable=True,
+          pattern=_URL),
+        O("notify.webhook_secret", "str", None, "Value of the webhook's secret header.", nullable=True, secret=True),
+        O("notify.webhook_secret_header", "str", "X-Herd-Secret", "Header that carries the webhook secret."),
+        O("metrics.textfile_dir", "str", "/var/lib/node_exporter/textfile_collector",
+          "Directory of node_exporter's textfile collector.", pattern=r"/.*"),
+        O("log.level", "str", "INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    ),
+    role_requirements=(
+        RoleRequirement(
+            "node",
+            ("kube.kubeconfig", "kube.token_ssm_parameter", "kube.token_secret_id"),
+            "a worker's kubelet credentials cannot evict pods; give the agent its own",
+        ),
+    ),
+    exclusives=(
+        Exclusive(("discovery.addresses", "discovery.instance_ids"), "name the control planes one way"),
+        Exclusive(("kube.kubeconfig", "kube.token_ssm_parameter", "kube.token_secret_id"),
+                  "the agent uses exactly one Kubernetes credential"),
+    ),
+)
