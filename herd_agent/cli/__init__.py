@@ -48,6 +48,7 @@ class AppContext:
 COMMANDS = {
     "config": "herd_agent.cli.config_cmd:config",
     "sandbox": "herd_agent.sandbox.cli:sandbox",
+    "etcd": "herd_agent.etcd.cli:etcd",
 }
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from herd_agent.cli import LazyGroup
-
 import click
 
-SANDBOX_COMMANDS: dict[str, str] = {}
+from herd_agent.cli import LazyGroup
+
+SANDBOX_COMMANDS: dict[str, str] = {
+    "aws": "herd_agent.sandbox.aws.cli:aws",
+    "kube": "herd_agent.sandbox.kube.cli:kube",
+}
 
 
 @click.group(cls=LazyGroup, lazy=SANDBOX_COMMANDS)
