@@ -26,10 +26,9 @@ from typing import Any, TextIO
 from herd_agent.redact import redact, redact_obj
 
 _CONTEXT_FIELDS = ("step", "instance_id", "cluster")
-_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("herd_log_context", default={})
+_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("herd_log_context")
 
 _STANDARD_ATTRS = set(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "asctime"}
-_installed_factory = False
 
 
 def _redacting_factory(base: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
@@ -65,7 +64,7 @@ def scrub_record(record: logging.LogRecord) -> None:
     for key, value in list(vars(record).items()):
         if key not in _STANDARD_ATTRS and isinstance(value, (str, bytes, list, tuple, dict)):
             setattr(record, key, redact_obj(value))
-    for key, value in _context.get().items():
+    for key, value in _context.get({}).items():
         if not hasattr(record, key):
             setattr(record, key, value)
 
@@ -80,13 +79,25 @@ class RedactFilter(logging.Filter):
 
 
 def install_redaction() -> None:
-    """Make every LogRecord created from now on redacted at creation (idempotent)."""
-    global _installed_factory
+    """Make every LogRecord created from now on redacted at creation (idempotent).
+
+    Two hooks: the LogRecord factory (every record, whoever makes it) and ``Logger.makeRecord``
+    on the class (which adds ``extra=`` fields after the factory ran), so extra fields are
+    scrubbed too, for loggers that already exist as well as new ones.
+    """
     current = logging.getLogRecordFactory()
-    if getattr(current, "herd_redacting", False):
-        return
-    logging.setLogRecordFactory(_redacting_factory(current))
-    _installed_factory = True
+    if not getattr(current, "herd_redacting", False):
+        logging.setLogRecordFactory(_redacting_factory(current))
+    make = logging.Logger.makeRecord
+    if not getattr(make, "herd_redacting", False):
+
+        def make_record(self: logging.Logger, *args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = make(self, *args, **kwargs)
+            scrub_record(record)
+            return record
+
+        make_record.herd_redacting = True  # type: ignore[attr-defined]
+        logging.Logger.makeRecord = make_record  # type: ignore[method-assign]
 
 
 def under_systemd(environ: dict[str, str] | None = None) -> bool:
@@ -193,7 +204,7 @@ def setup_logging(
 
 def set_context(**fields: str | None) -> None:
     """Set structured fields (``instance_id``, ``cluster``, ``step``) on every later record."""
-    current = dict(_context.get())
+    current = dict(_context.get({}))
     for key, value in fields.items():
         if key not in _CONTEXT_FIELDS:
             raise ValueError(f"unknown log context field {key!r}; use one of {_CONTEXT_FIELDS}")
@@ -207,7 +218,7 @@ def set_context(**fields: str | None) -> None:
 @contextlib.contextmanager
 def step(name: str) -> Iterator[None]:
     """Tag every record logged inside the block with ``step=name``."""
-    token = _context.set({**_context.get(), "step": name})
+    token = _context.set({**_context.get({}), "step": name})
     try:
         yield
     finally:

@@ -16,7 +16,6 @@ import argparse
 import io
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys

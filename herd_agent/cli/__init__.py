@@ -7,6 +7,7 @@ boto3 or a Kubernetes client just to parse its arguments.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from dataclasses import dataclass
 
@@ -17,6 +18,13 @@ from herd_agent.errors import ConfigError, ExitCode, HerdError
 from herd_agent.host.fsroot import HostRoot
 
 
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 class LazyGroup(click.Group):
     """A click group whose subcommands are ``"module:attribute"`` strings imported on first use."""
 
@@ -25,13 +33,16 @@ class LazyGroup(click.Group):
         self._lazy = dict(lazy or {})
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        """Eager and lazy command names, sorted."""
-        return sorted(set(super().list_commands(ctx)) | set(self._lazy))
+        """Eager and lazy command names, sorted; a lazy command whose module is not there is left out."""
+        present = {name for name, target in self._lazy.items() if _module_exists(target.partition(":")[0])}
+        return sorted(set(super().list_commands(ctx)) | present)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         """Import a lazy command when it is first asked for."""
         if cmd_name in self._lazy:
             module, _, attr = self._lazy[cmd_name].partition(":")
+            if not _module_exists(module):
+                return None
             return getattr(importlib.import_module(module), attr)
         return super().get_command(ctx, cmd_name)
 

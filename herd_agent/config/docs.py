@@ -50,7 +50,8 @@ def render_markdown(schema: Schema = SCHEMA) -> str:
         "",
     ]
     for section in schema.sections():
-        lines += [f"## `{section}`", "", "| key | type | default | allowed | meaning |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"## `{section}`", "", "| key | type | default | allowed | meaning |"]
+        lines += ["| --- | --- | --- | --- | --- |"]
         for opt in schema.options:
             if opt.path.split(".", 1)[0] != section:
                 continue
