@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from herd_agent.etcd.settings import EtcdSettings
+from tests.etcd.harness import TEST_ETCD_ENV, Lab, free_port
+
+
+@pytest.fixture(scope="session")
+def moto_ec2() -> Iterator[object]:
+    """moto in server mode on 127.0.0.1 (EC2), with boto3 pointed at it through AWS_ENDPOINT_URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import boto3
+
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    vpc = ec2.create_vpc(CidrBlock="127.0.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="127.0.0.0/16")["Subnet"]["SubnetId"]
+    try:
+        yield ec2, subnet
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def lab_settings(**over: object) -> EtcdSettings:
+    base = dict(client_port=free_port(), peer_port=free_port(), listen_localhost=False, lock_ttl_s=3,
+                lock_wait_s=120, reconfig_retry_s=30, start_timeout_s=30, leave_timeout_s=20,
+                stale_grace_s=300, unstarted_grace_s=600, extra_env=dict(TEST_ETCD_ENV))
+    base.update(over)
+    return EtcdSettings(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def lab(tmp_path, toolchain, moto_ec2) -> Iterator[Lab]:
+    ec2, subnet = moto_ec2
+    lab = Lab(tmp_path, toolchain.bindir, ec2, subnet, lab_settings())
+    try:
+        yield lab
+    finally:
+        lab.cleanup()

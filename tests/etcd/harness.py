@@ -1,0 +1,185 @@
+"""A loopback lab for etcd membership tests: instances as (host root, 127.0.x.y, EC2 instance in
+moto), the agent's real code path (runner → ``systemctl`` shim → real etcd), and helpers to
+observe the cluster.
+
+etcd timing in tests: ``ETCD_HEARTBEAT_INTERVAL=20`` ms and ``ETCD_ELECTION_TIMEOUT=200`` ms
+(production defaults 100/1000) so elections and catch-up take milliseconds; etcd's own 5 s
+"connected for the health interval" rule for reconfiguration cannot be shortened and is what
+the client's retries wait out.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from herd_agent.etcd.client import EtcdClient, EtcdError, Member
+from herd_agent.etcd.gc import Ec2InstanceOracle
+from herd_agent.etcd.membership import Membership
+from herd_agent.etcd.settings import EtcdSettings, Identity
+from herd_agent.etcd.status import ClusterStatus, cluster_status
+from herd_agent.host.fsroot import HostRoot
+from herd_agent.host.runner import Result, Runner
+from herd_agent.sandbox.systemctl import Systemctl, write_shim
+
+_NETS = itertools.count(10)
+TEST_ETCD_ENV = {"ETCD_HEARTBEAT_INTERVAL": "20", "ETCD_ELECTION_TIMEOUT": "200"}
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition", interval: float = 0.05) -> Any:
+    """Poll ``cond`` until it returns a truthy value; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = cond()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - the condition may fail while things settle
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_exc})")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class InstanceRunner(Runner):
+    """The agent's real runner, with the instance's root and the sandbox PATH in its environment."""
+
+    def __init__(self, root: HostRoot, path: str) -> None:
+        super().__init__(default_timeout=120)
+        self.env = {"HERD_AGENT_ROOT": str(root.root), "PATH": path}
+        self.calls: list[list[str]] = []
+
+    def run(self, argv, *, env=None, **kwargs) -> Result:  # type: ignore[override]
+        self.calls.append(list(argv))
+        return super().run(argv, env={**self.env, **(env or {})}, **kwargs)
+
+
+@dataclass
+class Instance:
+    """One simulated control-plane instance."""
+
+    name: str
+    ip: str
+    root: HostRoot
+    runner: InstanceRunner
+    membership: Membership
+    alive: bool = True
+
+    @property
+    def client_url(self) -> str:
+        return self.membership.client_url
+
+    def systemctl(self) -> Systemctl:
+        return Systemctl(self.root, {"PATH": self.runner.env["PATH"]})
+
+
+@dataclass
+class Lab:
+    """A set of instances on loopback sharing one pair of etcd ports and one moto EC2."""
+
+    base: Path
+    toolchain_bin: Path
+    ec2: Any
+    subnet: str
+    settings: EtcdSettings
+    clock: list[float] = field(default_factory=lambda: [time.time()])
+    instances: list[Instance] = field(default_factory=list)
+    net: int = field(default_factory=lambda: next(_NETS))
+    _hosts: itertools.count = field(default_factory=lambda: itertools.count(2))
+
+    def __post_init__(self) -> None:
+        self.bindir = self.base / "bin"
+        write_shim(self.bindir, sys.executable)
+        self.path = f"{self.bindir}:{self.toolchain_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+
+    def now(self) -> float:
+        """The injected clock (tests move it forward past grace periods)."""
+        return self.clock[0]
+
+    def advance(self, seconds: float) -> None:
+        self.clock[0] += seconds
+
+    def oracle(self) -> Ec2InstanceOracle:
+        return Ec2InstanceOracle(region="us-east-1")
+
+    def next_ip(self) -> str:
+        return f"127.0.{self.net}.{next(self._hosts)}"
+
+    def launch(self, ip: str | None = None, settings: EtcdSettings | None = None) -> Instance:
+        """Run an EC2 instance at ``ip`` (fresh when None) and give it a host root."""
+        ip = ip or self.next_ip()
+        res = self.ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, SubnetId=self.subnet,
+                                     PrivateIpAddress=ip)
+        name = res["Instances"][0]["InstanceId"]
+        root = HostRoot(self.base / name)
+        root.makedirs("/etc")
+        runner = InstanceRunner(root, self.path)
+        m = Membership(root, settings or self.settings, Identity(name, ip), runner=runner, clock=self.now)
+        inst = Instance(name, ip, root, runner, m)
+        self.instances.append(inst)
+        return inst
+
+    def terminate(self, inst: Instance) -> None:
+        self.ec2.terminate_instances(InstanceIds=[inst.name])
+        inst.alive = False
+
+    def kill9(self, inst: Instance) -> None:
+        assert inst.systemctl().kill(self.settings.unit, signal.SIGKILL, wait_s=10)
+
+    def live(self) -> list[Instance]:
+        return [i for i in self.instances if i.alive]
+
+    def endpoints(self, exclude: Instance | None = None) -> list[str]:
+        return [i.client_url for i in self.live() if i is not exclude and i.systemctl().is_active(self.settings.unit)]
+
+    def client(self, exclude: Instance | None = None) -> EtcdClient:
+        return EtcdClient(self.endpoints(exclude) or [i.client_url for i in self.live()], retry_s=10)
+
+    def members(self) -> list[Member]:
+        return self.client().member_list()[1]
+
+    def status(self) -> ClusterStatus:
+        return cluster_status(self.client(), timeout_s=1.0)
+
+    def found(self) -> Instance:
+        inst = self.launch()
+        inst.membership.found()
+        return inst
+
+    def join(self, oracle: bool = True, ip: str | None = None) -> Instance:
+        inst = self.launch(ip=ip)
+        inst.membership.join(self.endpoints(exclude=inst), oracle=self.oracle() if oracle else None)
+        return inst
+
+    def cleanup(self) -> None:
+        for inst in self.instances:
+            try:
+                inst.systemctl().kill(self.settings.unit, signal.SIGKILL, wait_s=5)
+            except Exception:  # noqa: BLE001, S110 - best effort teardown
+                pass
+
+
+def healthy_voters_equal(lab: Lab, expected: list[Instance]) -> bool:
+    """True when the cluster's members are exactly ``expected``, all voters, all healthy."""
+    try:
+        st = lab.status()
+    except EtcdError:
+        return False
+    names = sorted(m.name for m in st.members)
+    return (names == sorted(i.name for i in expected) and not st.learners
+            and len(st.healthy) == len(expected))
