@@ -58,6 +58,7 @@ class AppContext:
 # Subcommands, added by the issue that builds each one.
 COMMANDS = {
     "config": "herd_agent.cli.config_cmd:config",
+    "kernel": "herd_agent.cli.kernel_cmd:kernel",
     "sandbox": "herd_agent.sandbox.cli:sandbox",
     "etcd": "herd_agent.etcd.cli:etcd",
 }
