@@ -152,3 +152,8 @@ def toolchain() -> Toolchain:
             [sys.executable, str(REPO / "scripts" / "toolchain.py"), "--dir", str(TOOLCHAIN_DIR)], check=True
         )
     return Toolchain(bindir)
+
+
+# The local AWS region (herd_agent/sandbox/aws): `aws_region` (started, time factor 0.01) and
+# `make_aws_region(**kwargs)`; both stop the region after the test whatever its outcome.
+from herd_agent.sandbox.aws.pytest_fixtures import aws_region, make_aws_region  # noqa: E402,F401

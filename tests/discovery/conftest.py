@@ -1,0 +1,24 @@
+"""One sandbox region per module: moto's warm-up (~3 s) is paid once, groups get unique names."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import pytest
+
+from herd_agent.sandbox.aws.region import Region
+
+_names = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def shared_region() -> Iterator[Region]:
+    with Region(time_factor=0.01) as region:
+        yield region
+
+
+@pytest.fixture
+def unique() -> str:
+    """A fresh name suffix for groups and templates in the shared region."""
+    return f"t{next(_names)}"
