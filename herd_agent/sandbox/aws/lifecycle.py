@@ -62,6 +62,30 @@ def target_lifecycle_state(lifecycle_state: str | None) -> str | None:
     return lifecycle_state
 
 
+class ManualClock:
+    """A monotonic clock that moves only when told: ``clock.advance(seconds)``.
+
+    Pass it as ``Region(clock=…)`` to test timeouts exactly; then call ``Region.run_timers()``.
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self._now = start
+        self._mu = threading.Lock()
+
+    def __call__(self) -> float:
+        """The current reading (seconds)."""
+        with self._mu:
+            return self._now
+
+    def advance(self, seconds: float) -> float:
+        """Move forward by ``seconds`` (>= 0); returns the new reading."""
+        if seconds < 0:
+            raise ValueError("a monotonic clock does not go back")
+        with self._mu:
+            self._now += seconds
+            return self._now
+
+
 class LifecycleError(Exception):
     """An Auto Scaling API error to send back (code is the AWS error code, e.g. ValidationError)."""
 
@@ -156,12 +180,24 @@ class LifecycleEngine:
     def _run(self) -> None:
         with self.cond:
             while not self._stopping:
-                now = self._clock()
-                for action in [a for acts in self._actions.values() for a in acts if a.result is None]:
-                    if action.deadline <= now:
-                        self._finish(action, action.default_result)
+                self.expire()
                 pending = [a.deadline for acts in self._actions.values() for a in acts if a.result is None]
                 self.cond.wait(None if not pending else max(0.0, min(pending) - self._clock()))
+
+    def expire(self) -> int:
+        """Apply DefaultResult to every action whose timeout has passed; returns how many.
+
+        The scheduler thread calls this; with a :class:`ManualClock`, call it (under the lock)
+        after advancing the clock to apply timeouts synchronously.
+        """
+        with self.cond:
+            now = self._clock()
+            due = [a for acts in self._actions.values() for a in acts if a.result is None and a.deadline <= now]
+            for action in due:
+                acts = self._actions.get(action.instance_id, [])
+                if action in acts:
+                    self._finish(action, action.default_result)
+            return len(due)
 
     # -- queries -------------------------------------------------------------------------------
     def lifecycle_state(self, instance_id: str) -> str | None:

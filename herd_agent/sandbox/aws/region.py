@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import secrets
 import threading
 import time
@@ -96,6 +97,9 @@ class Region:
         imds_token_time_factor: wall-clock seconds per IMDS token TTL second (default 1.0).
         host: loopback address for the AWS endpoint; ``port`` 0 picks a free port.
         throttle_seed: seed for rate-based throttling decisions (reproducible runs).
+        clock: monotonic clock (seconds) for hook timeouts; a
+            :class:`~herd_agent.sandbox.aws.lifecycle.ManualClock` makes them step-controlled
+            (then call :meth:`run_timers`). Default ``time.monotonic``.
     """
 
     def __init__(
@@ -106,12 +110,14 @@ class Region:
         host: str = "127.0.0.1",
         port: int = 0,
         throttle_seed: int | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if time_factor <= 0:
             raise ValueError(f"time_factor must be > 0, got {time_factor}")
         self.region_name = region_name
         self.time_factor = time_factor
         self.imds_token_time_factor = imds_token_time_factor
+        self._clock = clock or time.monotonic
         self._host = host
         self._port = port
         self.account_id = ""
@@ -123,7 +129,7 @@ class Region:
         self._next_ip = 1
         self._server: LoopbackServer | None = None
         self._engine: LifecycleEngine | None = None
-        self._clients: dict[str, Any] = {}
+        self._clients: dict[tuple[str, str | None], Any] = {}
         self._started = False
 
     # -- lifecycle of the region itself -------------------------------------------------------
@@ -140,9 +146,12 @@ class Region:
 
         self.account_id = DEFAULT_ACCOUNT_ID
         patches.claim(self)
+        # moto's catalogue of public AMIs costs ~0.3 s per EC2 backend and the sandbox has no use
+        # for it (any ImageId is accepted). An explicit setting wins.
+        os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
         try:
             _reset_moto()
-            self._engine = LifecycleEngine(self.cond, self._asg, self.time_factor)
+            self._engine = LifecycleEngine(self.cond, self._asg, self.time_factor, clock=self._clock)
             front = AwsFront(
                 DomainDispatcherApplication(create_backend_app),
                 self.cond,
@@ -234,24 +243,30 @@ class Region:
         """A boto3 client for ``service`` pointed at this region.
 
         Signed with the operator key, or with ``instance_id``'s key so calls are attributed to
-        it. Keyword arguments go to ``botocore.config.Config`` (e.g. ``retries={...}``).
+        it. Keyword arguments go to ``botocore.config.Config`` (e.g. ``retries={...}``); clients
+        without them are cached per (service, instance).
         """
-        import boto3
         from botocore.config import Config
 
+        key = (service, instance_id)
+        if not config and key in self._clients:
+            return self._clients[key]
         env = self.env(instance_id)
-        session = boto3.session.Session(
+        client = _boto3_session().client(
+            service,
+            endpoint_url=self.endpoint_url,
+            region_name=self.region_name,
             aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
             aws_session_token=env.get("AWS_SESSION_TOKEN"),
-            region_name=self.region_name,
+            config=Config(**config),
         )
-        return session.client(service, endpoint_url=self.endpoint_url, config=Config(**config))
+        if not config:
+            self._clients[key] = client
+        return client
 
     def _operator(self, service: str) -> Any:
-        if service not in self._clients:
-            self._clients[service] = self.client(service)
-        return self._clients[service]
+        return self.client(service)
 
     # -- instances ------------------------------------------------------------------------------
     def instance(self, instance_id: str) -> Instance:
@@ -289,8 +304,16 @@ class Region:
 
     def seconds_left(self, action: LifecycleAction) -> tuple[float, float]:
         """``(scaled, unscaled)`` seconds until ``action``'s DefaultResult applies."""
-        scaled = max(0.0, action.deadline - time.monotonic())
+        scaled = max(0.0, action.deadline - self._clock())
         return scaled, scaled / self.time_factor
+
+    def run_timers(self) -> int:
+        """Apply every DefaultResult whose timeout has passed, now; returns how many applied.
+
+        The scheduler thread does this by itself on the real clock; with a ManualClock call it
+        after ``clock.advance(…)``.
+        """
+        return self._engine_or_fail().expire()
 
     def scaled(self, seconds: float) -> float:
         """AWS seconds → sandbox seconds (``seconds × time_factor``)."""
@@ -663,8 +686,37 @@ class Region:
         return str(options.get("InstanceMetadataTags", "disabled")).lower() == "enabled"
 
 
-def _reset_moto() -> None:
-    """Drop every moto backend's state (what moto server's ``/moto-api/reset`` does)."""
-    from moto.moto_api._internal.models import moto_api_backend
+_SESSION: Any = None
+_SESSION_LOCK = threading.Lock()
 
-    moto_api_backend.reset()
+
+def _boto3_session() -> Any:
+    """One boto3 session for all sandbox clients: its loader caches the service models."""
+    global _SESSION
+    with _SESSION_LOCK:
+        if _SESSION is None:
+            import boto3
+
+            _SESSION = boto3.session.Session()
+        return _SESSION
+
+
+def _reset_moto() -> None:
+    """Drop every moto backend's state, as moto server's ``/moto-api/reset`` does.
+
+    moto's own reset re-initialises every backend (the EC2 one alone takes ~0.3 s) only to
+    discard it; dropping the backends lets them be created lazily on first use instead.
+    """
+    try:
+        from moto.core.base_backend import BackendDict, backend_lock
+        from moto.core.model_instances import reset_model_data
+
+        with backend_lock:
+            for backends in BackendDict._instances:
+                backends.clear()
+            BackendDict._instances.clear()
+        reset_model_data()
+    except (ImportError, AttributeError):  # a moto without these internals: use its public reset
+        from moto.moto_api._internal.models import moto_api_backend
+
+        moto_api_backend.reset()
