@@ -161,6 +161,12 @@ SCHEMA = Schema(
         Opt("token.source", "str", "ssm", "Where the k3s join token lives.", choices=("ssm", "secretsmanager")),
         Opt("token.name", "str", "/herd/{cluster}/token",
             "SSM parameter name or Secrets Manager secret id of the token.", pattern=_SSM_NAME),
+        # founder decision
+        Opt("founder.parameter", "str", "/herd/{cluster}/founder",
+            "SSM parameter prefix for the founder record; the incarnation is appended.", pattern=_SSM_NAME),
+        Opt("founder.incarnation_tag", "str", None,
+            "Instance tag whose value names the cluster incarnation (e.g. aws:cloudformation:stack-id); "
+            "unset: the control-plane ASG's ARN id.", nullable=True, pattern=_TAG_KEY),
         # etcd
         Opt("etcd.mode", "str", "external", "external: agent-run stacked etcd; embedded: k3s' own etcd.",
           choices=("external", "embedded")),
