@@ -158,9 +158,7 @@ class AwsFront:
             except ValueError as err:
                 raise LifecycleError(f"Invalid HeartbeatTimeout: {spec['HeartbeatTimeout']}") from err
             if not 30 <= hb <= 7200:
-                raise LifecycleError(
-                    f"Heartbeat timeout {hb} is invalid. It must be between 30 and 7200 seconds."
-                )
+                raise LifecycleError(f"Heartbeat timeout {hb} is invalid. It must be between 30 and 7200 seconds.")
         if spec.get("DefaultResult", "ABANDON") not in ("CONTINUE", "ABANDON"):
             raise LifecycleError(f"Invalid value for DefaultResult: {spec['DefaultResult']}")
         transition = spec.get("LifecycleTransition")

@@ -169,7 +169,10 @@ class ImdsServer:
         return doc
 
     def add_maintenance_event(
-        self, code: str = "system-reboot", description: str = "scheduled reboot", in_seconds: float = 86400.0,
+        self,
+        code: str = "system-reboot",
+        description: str = "scheduled reboot",
+        in_seconds: float = 86400.0,
         duration: float = 3600.0,
     ) -> dict[str, str]:
         """Add one entry to ``events/maintenance/scheduled`` and return it.
@@ -228,8 +231,16 @@ class ImdsServer:
     def _reply(
         start_response: Callable[..., Any], status: int, body: bytes, headers: list[tuple[str, str]] | None = None
     ) -> list[bytes]:
-        reasons = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-                   405: "Method Not Allowed", 500: "Internal Server Error", 503: "Service Unavailable"}
+        reasons = {
+            200: "OK",
+            400: "Bad Request",
+            401: "Unauthorized",
+            403: "Forbidden",
+            404: "Not Found",
+            405: "Method Not Allowed",
+            500: "Internal Server Error",
+            503: "Service Unavailable",
+        }
         hdrs = [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))] + (headers or [])
         start_response(f"{status} {reasons.get(status, 'Error')}", hdrs)
         return [body]
@@ -320,8 +331,20 @@ class ImdsServer:
         if key in simple:
             return simple[key]
         if key == "":
-            listing = ["ami-id", "autoscaling/", "events/", "hostname", "instance-id", "instance-type",
-                       "local-hostname", "local-ipv4", "mac", "placement/", "spot/", "tags/"]
+            listing = [
+                "ami-id",
+                "autoscaling/",
+                "events/",
+                "hostname",
+                "instance-id",
+                "instance-type",
+                "local-hostname",
+                "local-ipv4",
+                "mac",
+                "placement/",
+                "spot/",
+                "tags/",
+            ]
             return "\n".join(listing)
         if key == "placement":
             return "availability-zone\nregion"

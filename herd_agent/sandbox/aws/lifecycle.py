@@ -240,9 +240,7 @@ class LifecycleEngine:
         self._on_state(instance_id, final_state)
         self.cond.notify_all()
 
-    def complete(
-        self, group: str, hook: str, instance_id: str | None, token: str | None, result: str
-    ) -> None:
+    def complete(self, group: str, hook: str, instance_id: str | None, token: str | None, result: str) -> None:
         """CompleteLifecycleAction: finish the action identified by token or instance id.
 
         Raises:
@@ -315,9 +313,9 @@ class LifecycleEngine:
     def _match(self, group: str, hook: str, instance_id: str | None, token: str | None) -> LifecycleAction:
         if not instance_id and not token:
             raise LifecycleError("Either LifecycleActionToken or InstanceId must be specified")
-        candidates = self._actions.get(instance_id, []) if instance_id else [
-            a for acts in self._actions.values() for a in acts
-        ]
+        candidates = (
+            self._actions.get(instance_id, []) if instance_id else [a for acts in self._actions.values() for a in acts]
+        )
         for action in candidates:
             if (
                 action.result is None

@@ -382,8 +382,13 @@ class Region:
             "DesiredCapacity": desired,
             "AvailabilityZones": availability_zones or [self.region_name + "a"],
             "Tags": [
-                {"Key": k, "Value": v, "PropagateAtLaunch": True, "ResourceId": name,
-                 "ResourceType": "auto-scaling-group"}
+                {
+                    "Key": k,
+                    "Value": v,
+                    "PropagateAtLaunch": True,
+                    "ResourceId": name,
+                    "ResourceType": "auto-scaling-group",
+                }
                 for k, v in (tags or {}).items()
             ],
         }
@@ -495,9 +500,7 @@ class Region:
             what=f"{instance_id} in {state} (now {self.lifecycle_state(instance_id)})",
         )
 
-    def wait_for_instances(
-        self, group: str, count: int, state: str = "InService", timeout: float = 10.0
-    ) -> list[str]:
+    def wait_for_instances(self, group: str, count: int, state: str = "InService", timeout: float = 10.0) -> list[str]:
         """Wait until ``group`` has at least ``count`` instances in ``state``; returns their ids."""
         return self.wait_for(
             lambda: (ids := self.group_instances(group, frozenset({state}))) and len(ids) >= count and ids,
@@ -533,7 +536,7 @@ class Region:
         if delta > 0:
             group.replace_autoscaling_group_instances(delta, group.get_propagated_tags())
         elif delta < 0:
-            victims = [s for s in counted if not s.protected_from_scale_in][: -delta]
+            victims = [s for s in counted if not s.protected_from_scale_in][:-delta]
             for state in victims:
                 self._engine_or_fail().begin_termination(group, state)
         backend = group.autoscaling_backend

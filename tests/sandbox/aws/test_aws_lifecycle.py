@@ -86,7 +86,10 @@ def test_wrong_instance_hook_or_state_is_rejected(aws_region: Region, group: Cal
     for group_name, hook, iid in cases:
         with pytest.raises(ClientError) as err:
             asg.complete_lifecycle_action(
-                AutoScalingGroupName=group_name, LifecycleHookName=hook, InstanceId=iid, LifecycleActionResult="CONTINUE"
+                AutoScalingGroupName=group_name,
+                LifecycleHookName=hook,
+                InstanceId=iid,
+                LifecycleActionResult="CONTINUE",
             )
         assert err.value.response["Error"]["Message"] == f"No active Lifecycle Action found with instance ID {iid}"
     assert asg_state(aws_region, b) == "Pending:Wait"
@@ -126,7 +129,9 @@ def test_scale_in_waits_in_terminating_wait(aws_region: Region, group: Callable[
 
     asg = aws_region.client("autoscaling", instance_id=leaving)
     asg.complete_lifecycle_action(
-        AutoScalingGroupName="workers", LifecycleHookName="terminate", InstanceId=leaving,
+        AutoScalingGroupName="workers",
+        LifecycleHookName="terminate",
+        InstanceId=leaving,
         LifecycleActionResult="CONTINUE",
     )
     assert aws_region.lifecycle_state(leaving) == "Terminated"
@@ -145,7 +150,9 @@ def test_terminate_instance_in_group_with_replacement(aws_region: Region, group:
     assert list(states.values()) == ["InService"]  # the replacement
 
 
-def test_terminate_below_min_size_with_decrement_is_refused(aws_region: Region, group: Callable[..., list[str]]) -> None:
+def test_terminate_below_min_size_with_decrement_is_refused(
+    aws_region: Region, group: Callable[..., list[str]]
+) -> None:
     (iid,) = group("workers", 1, hooks=(TERMINATE,), min_size=1)
     with pytest.raises(ClientError) as err:
         aws_region.client("autoscaling").terminate_instance_in_auto_scaling_group(
@@ -159,9 +166,12 @@ def test_unhealthy_instance_goes_through_termination_hook(aws_region: Region, gr
     (iid,) = group("workers", 1, hooks=(TERMINATE,))
     aws_region.client("autoscaling").set_instance_health(InstanceId=iid, HealthStatus="Unhealthy")
     assert asg_state(aws_region, iid) == "Terminating:Wait"
-    assert aws_region.client("autoscaling").describe_auto_scaling_instances(InstanceIds=[iid])[
-        "AutoScalingInstances"
-    ][0]["HealthStatus"] == "Unhealthy"
+    assert (
+        aws_region.client("autoscaling").describe_auto_scaling_instances(InstanceIds=[iid])["AutoScalingInstances"][0][
+            "HealthStatus"
+        ]
+        == "Unhealthy"
+    )
     aws_region.client("autoscaling").complete_lifecycle_action(
         AutoScalingGroupName="workers", LifecycleHookName="terminate", InstanceId=iid, LifecycleActionResult="ABANDON"
     )
@@ -193,7 +203,9 @@ def test_describe_lifecycle_hooks_and_global_timeout(aws_region: Region, group: 
 
 
 @pytest.mark.parametrize("timeout", [29, 7201])
-def test_put_lifecycle_hook_validates_heartbeat(aws_region: Region, group: Callable[..., list[str]], timeout: int) -> None:
+def test_put_lifecycle_hook_validates_heartbeat(
+    aws_region: Region, group: Callable[..., list[str]], timeout: int
+) -> None:
     group("workers", 0)
     with pytest.raises(ClientError) as err:
         aws_region.client("autoscaling").put_lifecycle_hook(
