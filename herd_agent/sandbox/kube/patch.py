@@ -6,7 +6,8 @@
   ``$setElementOrder/<list>`` and ``$deleteFromPrimitiveList/<list>``
   (https://github.com/kubernetes/community/blob/master/contributors/devel/sig-api-machinery/strategic-merge-patch.md);
   the merge keys are those of the built-in types kubectl touches (``patchMergeKey`` tags in
-  the API reference); other lists are replaced, as for types without strategy;
+  the API reference); other lists are replaced, as for fields without a patch strategy
+  (``NodeSpec.taints`` has none: kubectl taint sends the whole new list);
 - JSON patch (RFC 6902), ``application/json-patch+json``;
 - server-side apply, ``application/apply-patch+yaml``: applied here as a strategic merge of the
   applied configuration (no managedFields bookkeeping, no field-ownership conflicts).
@@ -22,7 +23,6 @@ from herd_agent.sandbox.kube.errors import ApiError, bad_request
 # List fields merged by key: the last field name (or a dotted suffix, checked first) → merge key.
 MERGE_KEYS: dict[str, str] = {
     "spec.ports": "port",  # Service
-    "taints": "key",
     "conditions": "type",
     "containers": "name",
     "initContainers": "name",

@@ -286,6 +286,10 @@ class KubeSandbox:
         rtype = self.resource_type(kind, api_version)
         self.store.delete(rtype, namespace or ("default" if rtype.namespaced else None), name, grace_period)
 
+    def watch_count(self, kind: str, api_version: str | None = None) -> int:
+        """How many watches on ``kind`` are open (tests wait for a client to start watching)."""
+        return self.store.watcher_count(self.resource_type(kind, api_version).key)
+
     def wait_for(self, condition: Callable[[], Any], timeout: float = 10.0) -> Any:
         """Wait until ``condition()`` returns a truthy value (re-checked on every store change).
 

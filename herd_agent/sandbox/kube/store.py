@@ -347,7 +347,7 @@ class Store:
                             "FieldValueForbidden", "metadata.finalizers",
                             "Forbidden: no new finalizers can be added if the object is being deleted")])
             obj = self._admit("UPDATE", rtype, obj, old)
-            if obj == {**old, "metadata": {**obj["metadata"], "resourceVersion": old_meta["resourceVersion"]}}:
+            if {**obj, "metadata": {**obj["metadata"], "resourceVersion": old_meta["resourceVersion"]}} == old:
                 return old  # no-op updates keep the resourceVersion, as the real server does
             obj["metadata"]["resourceVersion"] = self._next_rv()
             if obj["metadata"].get("deletionTimestamp") and not obj["metadata"].get("finalizers") \
@@ -548,6 +548,11 @@ class Store:
                         backlog.append(item)
             self._watchers.append(watcher)
             return watcher, backlog
+
+    def watcher_count(self, key: TypeKey) -> int:
+        """How many watches of storage key ``key`` are open."""
+        with self.lock:
+            return sum(1 for w in self._watchers if w.key == key)
 
     def unwatch(self, watcher: Watcher) -> None:
         """Stop feeding ``watcher``."""
