@@ -407,11 +407,11 @@ class Membership:
             return LeaveResult(0, False)
         delete_node()
         others = self._other_endpoints(members, me.id) or list(peers)
-        if self._wait_gone(client.with_endpoints(others), me.id, self.settings.leave_timeout_s):
+        if self._wait_gone(client.with_endpoints(others), me.id, self.settings.embedded_removal_wait_s):
             log.info("k3s removed etcd member %s after the Node was deleted", member_id_hex(me.id))
             return LeaveResult(me.id, True)
         log.warning("etcd member %s is still present %.0fs after the Node was deleted; removing it directly",
-                    member_id_hex(me.id), self.settings.leave_timeout_s)
+                    member_id_hex(me.id), self.settings.embedded_removal_wait_s)
         return self._leave(peers)
 
     @staticmethod

@@ -55,6 +55,8 @@ class EtcdSettings:
         reconfig_retry_s: how long transient reconfiguration errors are retried, seconds.
         start_timeout_s: longest wait for a started member to answer and catch up, seconds.
         leave_timeout_s: longest wait for leadership moves and removal confirmation, seconds.
+        embedded_removal_wait_s: in embedded mode, how long to wait for k3s to remove the member
+            after the Node was deleted before removing it directly, seconds.
         stale_grace_s: a member whose instance is gone this long is stale, seconds.
         unstarted_grace_s: a member added but never started this long is stale, seconds.
         gc_state_file: host path of the stale-candidate first-seen file.
@@ -79,6 +81,7 @@ class EtcdSettings:
     reconfig_retry_s: float = 60.0
     start_timeout_s: float = 120.0
     leave_timeout_s: float = 60.0
+    embedded_removal_wait_s: float = 60.0
     stale_grace_s: float = 300.0
     unstarted_grace_s: float = 600.0
     gc_state_file: str = "/var/lib/herd-agent/etcd-gc.json"

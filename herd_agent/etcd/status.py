@@ -136,5 +136,5 @@ def cluster_status(client: EtcdClient, timeout_s: float = 2.0) -> ClusterStatus:
     Raises:
         EtcdError: no endpoint answered the member list.
     """
-    cluster_id, members = client.member_list()
+    cluster_id, members = client.member_list(linearizable=False)  # must work when quorum is lost
     return ClusterStatus(cluster_id, members, collect_statuses(client, members, timeout_s))

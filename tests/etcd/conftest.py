@@ -40,7 +40,7 @@ def moto_ec2() -> Iterator[object]:
 def lab_settings(**over: object) -> EtcdSettings:
     base = dict(client_port=free_port(), peer_port=free_port(), listen_localhost=False, lock_ttl_s=3,
                 lock_wait_s=120, reconfig_retry_s=30, start_timeout_s=30, leave_timeout_s=20,
-                stale_grace_s=300, unstarted_grace_s=600, extra_env=dict(TEST_ETCD_ENV))
+                embedded_removal_wait_s=1.5, stale_grace_s=300, unstarted_grace_s=600, extra_env=dict(TEST_ETCD_ENV))
     base.update(over)
     return EtcdSettings(**base)  # type: ignore[arg-type]
 

@@ -122,8 +122,15 @@ class Lab:
 
     def launch(self, ip: str | None = None, settings: EtcdSettings | None = None) -> Instance:
         """Run an EC2 instance at ``ip`` (fresh when None) and give it a host root."""
-        ip = ip or self.next_ip()
-        res = self.ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, SubnetId=self.subnet,
+        subnet = self.subnet
+        if ip is None:
+            ip = self.next_ip()
+        else:
+            # moto 5 answers 500 when a terminated instance's address is handed out again in the
+            # same subnet; a fresh VPC with the same CIDR gives the new instance that address.
+            vpc = self.ec2.create_vpc(CidrBlock="127.0.0.0/16")["Vpc"]["VpcId"]
+            subnet = self.ec2.create_subnet(VpcId=vpc, CidrBlock="127.0.0.0/16")["Subnet"]["SubnetId"]
+        res = self.ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, SubnetId=subnet,
                                      PrivateIpAddress=ip)
         name = res["Instances"][0]["InstanceId"]
         root = HostRoot(self.base / name)
