@@ -59,6 +59,9 @@ class AppContext:
 COMMANDS = {
     "config": "herd_agent.cli.config_cmd:config",
     "kernel": "herd_agent.cli.kernel_cmd:kernel",
+    "join": "herd_agent.cli.join_cmd:join",
+    "plan": "herd_agent.cli.join_cmd:plan",
+    "hosts": "herd_agent.cli.join_cmd:hosts_group",
     "sandbox": "herd_agent.sandbox.cli:sandbox",
     "etcd": "herd_agent.etcd.cli:etcd",
 }

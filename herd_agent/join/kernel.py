@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from herd_agent.config.loader import Config
@@ -86,6 +87,7 @@ class KernelReport:
     loaded: list[str] = field(default_factory=list)
     drift: dict[str, tuple[str, str]] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    would_set: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -103,13 +105,24 @@ def loaded_modules(root: HostRoot) -> set[str]:
     return {line.split()[0] for line in text.splitlines() if line.strip()}
 
 
-def apply(root: HostRoot, cfg: Config, *, herd_agent_bin: str = HERD_AGENT_BIN, timeout_s: float = 30) -> KernelReport:
+def apply(
+    root: HostRoot,
+    cfg: Config,
+    *,
+    herd_agent_bin: str = HERD_AGENT_BIN,
+    timeout_s: float = 30,
+    dry_run: bool = False,
+    run: Callable[..., object] | None = None,
+) -> KernelReport:
     """Write the drop-ins, load the modules, apply and verify the sysctls.
 
     Args:
         root: host root (tests use a fake ``/proc`` under it).
         cfg: effective config (``kernel.*``).
         timeout_s: per-command timeout for modprobe / systemctl, seconds.
+        dry_run: write no /proc value; list them in ``report.would_set`` (plan mode; pair it with
+            a recording root and runner).
+        run: ``run(argv, timeout=…)``; default the process-wide runner.
 
     Returns:
         A :class:`KernelReport`; drift is reported, not raised (the caller decides).
@@ -122,7 +135,7 @@ def apply(root: HostRoot, cfg: Config, *, herd_agent_bin: str = HERD_AGENT_BIN, 
     for path, content in render_files(cfg, herd_agent_bin).items():
         if root.write(path, content, mode=0o644):
             report.written.append(path)
-    run = runner_mod.get_runner().run
+    run = run or runner_mod.get_runner().run
     if any(p.startswith("/etc/systemd/system/") for p in report.written):
         run(["systemctl", "daemon-reload"], timeout=timeout_s)
     if LOGIND_DROPIN in report.written:
@@ -142,6 +155,9 @@ def apply(root: HostRoot, cfg: Config, *, herd_agent_bin: str = HERD_AGENT_BIN, 
             current = proc.read_text()
         except FileNotFoundError:
             report.missing.append(key)
+            continue
+        if _norm(current) != _norm(want) and dry_run:
+            report.would_set[key] = want
             continue
         if _norm(current) != _norm(want):
             try:

@@ -1,0 +1,100 @@
+"""Kubernetes clients (lightkube), built in one place from a kubeconfig under the host root.
+
+lightkube is imported inside the functions, so the watcher pays for it only when it talks to the
+API. Which kubeconfig: ``kube.kubeconfig`` when set; on control planes k3s' admin kubeconfig
+(``/etc/rancher/k3s/k3s.yaml``); on workers, for reads of their own Node, the kubelet's
+(``/var/lib/rancher/k3s/agent/kubelet.kubeconfig``), which the Node authorizer allows.
+TLS is verified unless ``kube.insecure_skip_tls_verify`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from herd_agent.config.loader import Config
+from herd_agent.errors import ExitCode, HerdError
+from herd_agent.host.fsroot import HostRoot
+
+K3S_ADMIN_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
+K3S_KUBELET_KUBECONFIG = "/var/lib/rancher/k3s/agent/kubelet.kubeconfig"
+
+
+def kubeconfig_path(cfg: Config, *, control_plane: bool) -> str:
+    """Host path of the kubeconfig to use for this role."""
+    return cfg.get("kube.kubeconfig") or (K3S_ADMIN_KUBECONFIG if control_plane else K3S_KUBELET_KUBECONFIG)
+
+
+def client(root: HostRoot, cfg: Config, *, control_plane: bool, timeout_s: float = 10.0) -> Any:
+    """A ``lightkube.Client`` from the role's kubeconfig.
+
+    Raises:
+        HerdError: the kubeconfig does not exist (yet) (exit 66).
+    """
+    from lightkube import Client, KubeConfig
+
+    path = root.path(kubeconfig_path(cfg, control_plane=control_plane))
+    if not path.exists():
+        raise HerdError(f"kubeconfig {kubeconfig_path(cfg, control_plane=control_plane)} does not exist",
+                        exit_code=ExitCode.NO_INPUT)
+    single = KubeConfig.from_file(str(path)).get()
+    if cfg.get("kube.insecure_skip_tls_verify"):
+        import msgspec
+
+        single = single._replace(cluster=msgspec.structs.replace(single.cluster, insecure=True))
+    return Client(config=single, timeout=timeout_s, trust_env=False)
+
+
+def node_ready(node: Any) -> bool:
+    """True when the Node's ``Ready`` condition is ``True`` (Kubernetes node status docs)."""
+    for cond in (node.status.conditions or []) if node.status else []:
+        if cond.type == "Ready":
+            return cond.status == "True"
+    return False
+
+
+def wait_node_ready(
+    make_client: Callable[[], Any],
+    name: str,
+    timeout_s: float,
+    *,
+    progress: Callable[[str], None] | None = None,
+    poll_s: float = 1.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Wait until Node ``name`` is Ready, polling every ``poll_s`` seconds for at most ``timeout_s``.
+
+    ``make_client`` is called until it succeeds (the kubeconfig appears once k3s has started).
+    ``progress`` gets a one-line status each round (the join shows it in systemd ``STATUS=``).
+
+    Raises:
+        HerdError: not Ready within ``timeout_s`` (exit 81), with the last thing seen.
+    """
+    import threading
+
+    from lightkube.resources.core_v1 import Node
+
+    deadline = clock() + timeout_s
+    started = clock()
+    last = "no kubeconfig yet"
+    kube = None
+    pause = threading.Event()
+    while True:
+        try:
+            if kube is None:
+                kube = make_client()
+            node = kube.get(Node, name)
+            if node_ready(node):
+                return
+            last = "Node registered, not Ready"
+        except HerdError as exc:
+            last = str(exc)
+        except Exception as exc:  # API not up yet, 404 before registration, TLS not ready
+            status = getattr(getattr(exc, "status", None), "code", None)
+            last = "Node not registered yet" if status == 404 else f"API not answering ({type(exc).__name__})"
+        if progress:
+            progress(f"waiting for Node {name} to be Ready ({clock() - started:.0f}s): {last}")
+        if clock() >= deadline:
+            raise HerdError(f"Node {name} not Ready after {timeout_s:.0f}s: {last}", exit_code=ExitCode.TIMEOUT)
+        pause.wait(poll_s)
