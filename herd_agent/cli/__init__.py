@@ -16,6 +16,7 @@ import click
 from herd_agent import __version__
 from herd_agent.errors import ConfigError, ExitCode, HerdError
 from herd_agent.host.fsroot import HostRoot
+from herd_agent.redact import redact
 
 
 def _module_exists(name: str) -> bool:
@@ -113,9 +114,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(ExitCode.USAGE if isinstance(exc, click.UsageError) else ExitCode.FAILURE)
     except ConfigError as exc:
         for line in exc.problems:
-            click.echo(line, err=True)
+            click.echo(redact(line), err=True)
         sys.exit(exc.exit_code)
     except HerdError as exc:
-        click.echo(f"herd-agent: error: {exc}", err=True)
+        click.echo(f"herd-agent: error: {redact(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     sys.exit(ExitCode.OK)
