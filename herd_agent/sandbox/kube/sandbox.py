@@ -182,6 +182,22 @@ class KubeSandbox:
         identity.token = self.authn.issue_token(identity)
         return self._write_kubeconfig(identity, "https", file_name=f"sa-{namespace}-{name}")
 
+    def identity(self, name: str) -> Identity:
+        """The registered identity called ``name`` (its ``token`` / ``cert_pem`` / ``key_pem`` for raw clients).
+
+        Raises:
+            KeyError: when unknown.
+        """
+        identity = self.authn.by_name(name)
+        if identity is None:
+            raise KeyError(name)
+        return identity
+
+    @property
+    def ca_path(self) -> Path:
+        """The CA certificate (PEM) that signs the serving and client certificates."""
+        return self.workdir / "pki" / "ca.crt"
+
     def kubeconfig(self, name: str) -> Path:
         """The kubeconfig path written for an identity. Raises KeyError when unknown."""
         return self._kubeconfigs[name]

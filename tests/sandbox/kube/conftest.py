@@ -77,3 +77,48 @@ def pdb(name: str, app: str, namespace: str = "default", **spec: Any) -> dict[st
 def running_pods(kube: KubeSandbox, where: Callable[[dict[str, Any]], bool] = lambda p: True) -> list[dict[str, Any]]:
     return [p for p in kube.list("Pod") if (p.get("status") or {}).get("phase") == "Running"
             and not p["metadata"].get("deletionTimestamp") and where(p)]
+
+
+class Api:
+    """A raw HTTPS client (requests) for checks below the client libraries: status codes and bodies."""
+
+    def __init__(self, kube: KubeSandbox, token: str | None = None, base: str | None = None) -> None:
+        import requests
+
+        self.base = base or kube.url
+        self.session = requests.Session()
+        self.verify = str(kube.ca_path)  # per request: a session-wide verify loses to REQUESTS_CA_BUNDLE
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
+                **kwargs: Any) -> Any:
+        data = None if body is None else (body if isinstance(body, (str, bytes)) else json.dumps(body))
+        headers = {"Content-Type": content_type} if data is not None else {}
+        headers.update(kwargs.pop("headers", {}))
+        return self.session.request(method, self.base + path, data=data, headers=headers, timeout=10,
+                                    verify=self.verify, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, body: Any, **kwargs: Any) -> Any:
+        return self.request("POST", path, body, **kwargs)
+
+    def put(self, path: str, body: Any, **kwargs: Any) -> Any:
+        return self.request("PUT", path, body, **kwargs)
+
+    def patch(self, path: str, body: Any, kind: str = "merge", **kwargs: Any) -> Any:
+        types = {"merge": "application/merge-patch+json", "strategic": "application/strategic-merge-patch+json",
+                 "json": "application/json-patch+json", "apply": "application/apply-patch+yaml"}
+        return self.request("PATCH", path, body, content_type=types[kind], **kwargs)
+
+    def delete(self, path: str, body: Any = None, **kwargs: Any) -> Any:
+        return self.request("DELETE", path, body, **kwargs)
+
+
+@pytest.fixture
+def api(request: pytest.FixtureRequest) -> Api:
+    """Raw HTTPS access to ``kube_sandbox`` as admin."""
+    kube: KubeSandbox = request.getfixturevalue("kube_sandbox")
+    return Api(kube, kube.identity("admin").token)
