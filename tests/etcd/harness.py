@@ -173,6 +173,11 @@ class Lab:
         inst.membership.join(self.endpoints(exclude=inst), oracle=self.oracle() if oracle else None)
         return inst
 
+    def three(self) -> tuple[Instance, Instance, Instance]:
+        """Found a cluster and join two more: three healthy voters."""
+        a = self.found()
+        return a, self.join(), self.join()
+
     def cleanup(self) -> None:
         for inst in self.instances:
             try:

@@ -19,9 +19,7 @@ def _gc(lab, inst, **kw):
 
 
 def test_killed_member_removed_only_after_instance_terminated_and_grace(lab):
-    a = lab.found()
-    b = lab.join()
-    c = lab.join()
+    a, b, c = lab.three()
     lab.kill9(c)
     c.alive = False
 
@@ -47,9 +45,7 @@ def test_killed_member_removed_only_after_instance_terminated_and_grace(lab):
 
 
 def test_refuses_to_remove_healthy_member_when_another_is_down(lab):
-    a = lab.found()
-    b = lab.join()
-    c = lab.join()
+    a, b, c = lab.three()
     lab.kill9(c)  # c is down, its instance alive
     lab.terminate(b)  # the cloud says b is gone, but b's etcd is healthy
     _gc(lab, a)
@@ -75,9 +71,7 @@ def test_never_shrinks_two_member_cluster(lab):
 
 
 def test_unstarted_member_removed_after_its_grace(lab):
-    a = lab.found()
-    b = lab.join()
-    c = lab.join()
+    a, b, c = lab.three()
     ghost_ip = lab.next_ip()  # added by a joiner that died before starting etcd
     client = lab.client()
     ghost, _ = client.member_add([lab.settings.peer_url(ghost_ip)], learner=False)
@@ -93,9 +87,7 @@ def test_unstarted_member_removed_after_its_grace(lab):
 
 
 def test_dry_run_removes_nothing(lab):
-    a = lab.found()
-    b = lab.join()
-    c = lab.join()
+    a, b, c = lab.three()
     lab.kill9(c)
     lab.terminate(c)
     _gc(lab, a)

@@ -36,9 +36,7 @@ def _collect_logs():
 
 
 def test_found_three_member_cluster(lab):
-    a = lab.found()
-    b = lab.join()
-    c = lab.join()
+    a, b, c = lab.three()
     wait_for(lambda: healthy_voters_equal(lab, [a, b, c]), what="three healthy voters")
     st = lab.status()
     assert st.margin == 1
@@ -79,9 +77,7 @@ def test_two_members_join_at_once(lab):
 
 
 def test_restart_with_intact_data_dir_keeps_member(lab):
-    a = lab.found()
-    b = lab.join()
-    c = lab.join()
+    a, b, c = lab.three()
     before = {m.name: m.id for m in lab.members()}
     lab.kill9(c)
     result = c.membership.join([a.client_url, b.client_url])
@@ -90,9 +86,7 @@ def test_restart_with_intact_data_dir_keeps_member(lab):
 
 
 def test_rejoin_after_wiped_data_dir(lab):
-    a = lab.found()
-    b = lab.join()
-    c = lab.join()
+    a, b, c = lab.three()
     old_id = {m.name: m.id for m in lab.members()}[c.name]
     lab.kill9(c)
     shutil.rmtree(c.root.path("/var/lib/etcd"))
@@ -104,9 +98,7 @@ def test_rejoin_after_wiped_data_dir(lab):
 
 
 def test_ip_reuse_replaces_dead_member(lab):
-    a = lab.found()
-    b = lab.join()
-    c = lab.join()
+    a, b, c = lab.three()
     dead_id = {m.name: m.id for m in lab.members()}[c.name]
     lab.kill9(c)
     lab.terminate(c)
@@ -118,9 +110,7 @@ def test_ip_reuse_replaces_dead_member(lab):
 
 
 def test_leader_leaves(lab):
-    a = lab.found()
-    b = lab.join()
-    c = lab.join()
+    a, b, c = lab.three()
     st = lab.status()
     leader = next(i for i in (a, b, c) if i.name == {m.id: m.name for m in st.members}[st.leader])
     rest = [i for i in (a, b, c) if i is not leader]
@@ -136,9 +126,7 @@ def test_leader_leaves(lab):
 
 
 def test_leave_refused_when_quorum_would_break(lab):
-    a = lab.found()
-    b = lab.join()
-    c = lab.join()
+    a, b, c = lab.three()
     lab.kill9(c)
     with pytest.raises(QuorumRefused, match="only 1 healthy voter"):
         a.membership.leave([a.client_url, b.client_url])
@@ -147,9 +135,7 @@ def test_leave_refused_when_quorum_would_break(lab):
 
 
 def test_embedded_leave_removes_member_when_k3s_does_not(lab):
-    a = lab.found()
-    b = lab.join()
-    c = lab.join()
+    a, b, c = lab.three()
     deleted = []
     result = c.membership.leave_embedded([a.client_url, b.client_url, c.client_url],
                                          delete_node=lambda: deleted.append(c.name))
@@ -159,9 +145,7 @@ def test_embedded_leave_removes_member_when_k3s_does_not(lab):
 
 
 def test_embedded_leave_trusts_k3s_removal(lab):
-    a = lab.found()
-    b = lab.join()
-    c = lab.join()
+    a, b, c = lab.three()
     c_id = {m.name: m.id for m in lab.members()}[c.name]
     client = lab.client(exclude=c)
 
