@@ -10,7 +10,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -507,10 +507,6 @@ class Region:
             timeout,
             what=f"{count} instance(s) of {group} in {state}",
         )
-
-    def iter_instances(self) -> Iterator[Instance]:
-        """Iterate over :meth:`instances`."""
-        return iter(self.instances())
 
     # -- moto access -----------------------------------------------------------------------------
     def _asg(self) -> Any:

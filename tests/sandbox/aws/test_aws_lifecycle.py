@@ -229,12 +229,19 @@ def test_hook_added_later_applies_to_later_launches(aws_region: Region, group: C
 # -- timeouts ------------------------------------------------------------------------------------
 
 
+def one_instance_group(
+    make_aws_region: Callable[..., Region], hook: Hook, time_factor: float = 1.0, clock: ManualClock | None = None
+) -> tuple[Region, str]:
+    region = make_aws_region(time_factor=time_factor, clock=clock)
+    region.create_launch_template("workers-lt")
+    region.create_group("workers", "workers-lt", desired=1, hooks=[hook])
+    (iid,) = region.group_instances("workers")
+    return region, iid
+
+
 def test_heartbeat_restarts_the_heartbeat_timer(make_aws_region: Callable[..., Region]) -> None:
     clock = ManualClock()
-    region = make_aws_region(time_factor=1.0, clock=clock)
-    region.create_launch_template("workers-lt")
-    region.create_group("workers", "workers-lt", desired=1, hooks=[Hook("launch", "launching", 60, "CONTINUE")])
-    (iid,) = region.group_instances("workers")
+    region, iid = one_instance_group(make_aws_region, Hook("launch", "launching", 60, "CONTINUE"), clock=clock)
     asg = region.client("autoscaling", instance_id=iid)
 
     clock.advance(50)
@@ -252,10 +259,7 @@ def test_heartbeat_restarts_the_heartbeat_timer(make_aws_region: Callable[..., R
 
 def test_global_timeout_caps_heartbeats(make_aws_region: Callable[..., Region]) -> None:
     clock = ManualClock()
-    region = make_aws_region(time_factor=1.0, clock=clock)
-    region.create_launch_template("workers-lt")
-    region.create_group("workers", "workers-lt", desired=1, hooks=[Hook("launch", "launching", 2000, "ABANDON")])
-    (iid,) = region.group_instances("workers")
+    region, iid = one_instance_group(make_aws_region, Hook("launch", "launching", 2000, "ABANDON"), clock=clock)
     asg = region.client("autoscaling", instance_id=iid)
     # Global timeout = min(172800, 100 × 2000) = 172800 s; heartbeat every 1800 s until then.
     elapsed = 0
@@ -273,10 +277,8 @@ def test_global_timeout_caps_heartbeats(make_aws_region: Callable[..., Region]) 
 
 def test_time_factor_scales_timeouts(make_aws_region: Callable[..., Region]) -> None:
     clock = ManualClock()
-    region = make_aws_region(time_factor=0.01, clock=clock)
-    region.create_launch_template("workers-lt")
-    region.create_group("workers", "workers-lt", desired=1, hooks=[Hook("terminate", "terminating", 3600, "CONTINUE")])
-    (iid,) = region.group_instances("workers")
+    hook = Hook("terminate", "terminating", 3600, "CONTINUE")
+    region, iid = one_instance_group(make_aws_region, hook, time_factor=0.01, clock=clock)
     region.scale("workers", 0)
     (action,) = region.lifecycle_actions(iid)
     assert region.seconds_left(action) == pytest.approx((36.0, 3600.0))
@@ -293,10 +295,7 @@ def test_timeout_applies_default_result_on_the_real_clock(
     make_aws_region: Callable[..., Region], default: str, final: str
 ) -> None:
     # 30 s heartbeat × 0.002 = 60 ms of wall clock; the scheduler thread applies DefaultResult.
-    region = make_aws_region(time_factor=0.002)
-    region.create_launch_template("workers-lt")
-    region.create_group("workers", "workers-lt", desired=1, hooks=[Hook("launch", "launching", 30, default)])
-    (iid,) = region.group_instances("workers")
+    region, iid = one_instance_group(make_aws_region, Hook("launch", "launching", 30, default), time_factor=0.002)
     region.wait_for_state(iid, final, timeout=10)
     if final == "Terminated":
         assert region.ec2_state(iid) == "terminated"
