@@ -1,0 +1,100 @@
+"""``herd-agent etcd status|gc|join|leave`` in-process against a real cluster and moto EC2."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from herd_agent.cli import cli
+from herd_agent.host import runner as runner_mod
+from tests.etcd.harness import healthy_voters_equal, wait_for
+
+pytestmark = pytest.mark.allow_subprocess
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logger():
+    # The CLI installs its own root handler (setup_logging) on the CliRunner's stderr.
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def _config(inst, lab, mode="external"):
+    s = lab.settings
+    inst.root.write("/etc/herd-agent/config.yaml",
+                    f"etcd:\n  mode: {mode}\n  client_port: {s.client_port}\n  peer_port: {s.peer_port}\n", mode=0o644)
+
+
+def _run(inst, *args):
+    return CliRunner().invoke(cli, ["--root", str(inst.root.root), "etcd", "--region", "us-east-1", *args],
+                              catch_exceptions=False)
+
+
+def test_status_json_and_table_show_stale_candidates(lab):
+    a, b, c = lab.three()
+    lab.kill9(c)
+    lab.terminate(c)
+    _config(a, lab)
+    res = _run(a, "status", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["voters"] == 3 and doc["healthy_voters"] == 2 and doc["quorum_margin"] == 0
+    assert doc["learners"] == [] and doc["leader"] != "0"
+    assert {m["name"]: m["healthy"] for m in doc["members"]} == {a.name: True, b.name: True, c.name: False}
+    [stale] = doc["stale_candidates"]
+    assert stale["name"] == c.name and stale["reason"] == "gone" and not stale["ripe"]
+    table = _run(a, "status").stdout
+    assert "margin 0" in table and c.name in table and "DOWN" in table and "stale candidates" in table
+
+
+def test_gc_dry_run_reports_and_keeps_members(lab):
+    a, b, c = lab.three()
+    lab.kill9(c)
+    lab.terminate(c)
+    _config(a, lab)
+    res = _run(a, "--endpoint", a.client_url, "gc", "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert f"{c.name}: gone: instance {c.name}" in res.output and "in grace" in res.output
+    assert len(lab.client(exclude=c).member_list()[1]) == 3
+
+
+def test_join_and_leave_commands_use_the_process_runner(lab):
+    a = lab.found()
+    b = lab.launch()
+    _config(b, lab)
+    previous = runner_mod.set_runner(b.runner)  # the CLI uses the process-wide runner
+    try:
+        res = _run(b, "--ip", b.ip, "--name", b.name, "join", "--peer", a.client_url)
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout)["reused"] is False
+        wait_for(lambda: healthy_voters_equal(lab, [a, b]), what="b joined")
+        res = _run(b, "leave", "--peer", a.client_url)  # name and IP now come from the journal
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout)["removed"] is True
+    finally:
+        runner_mod.set_runner(previous)
+    b.alive = False
+    wait_for(lambda: healthy_voters_equal(lab, [a]), what="b left")
+
+
+def test_embedded_mode_refuses_join(lab, tmp_path):
+    inst = lab.launch()
+    _config(inst, lab, mode="embedded")
+    res = CliRunner().invoke(cli, ["--root", str(inst.root.root), "etcd", "--ip", inst.ip, "join", "--found"])
+    assert res.exit_code != 0 and "embedded" in res.output
+
+
+def test_etcd_group_is_registered_and_lazy():
+    out = subprocess.run(  # a fresh interpreter: importing the CLI must not import boto3
+        [sys.executable, "-c", "import sys, herd_agent.etcd.cli, herd_agent.etcd.gc; print('boto3' in sys.modules)"],
+        capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    assert "stale" in CliRunner().invoke(cli, ["etcd", "--help"]).output
