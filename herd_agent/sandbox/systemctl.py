@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from herd_agent.host.fsroot import HostRoot
+from herd_agent.host.runner import Result, Runner
 
 PID_DIR = "/run/herd-sandbox"
 LOG_DIR = "/var/log/herd-sandbox"
@@ -305,6 +306,27 @@ def write_shim(bindir: str | os.PathLike[str], python: str | None = None) -> Pat
     path.write_text(f'#!/bin/sh\nexec "{python or sys.executable}" -m herd_agent.sandbox.systemctl "$@"\n')
     path.chmod(0o755)
     return path
+
+
+class SandboxRunner(Runner):
+    """The agent's real runner for one sandbox instance: every command gets the instance's
+    ``HERD_AGENT_ROOT`` and a PATH that starts with the shim directory, so ``systemctl`` is this
+    stand-in acting on that instance's root. ``calls`` records every argv.
+
+    Args:
+        root: the instance's host root.
+        path: the PATH for its commands (shim dir first, then where ``etcd`` lives).
+    """
+
+    def __init__(self, root: HostRoot, path: str, default_timeout: float = 120.0) -> None:
+        super().__init__(default_timeout=default_timeout)
+        self.env = {"HERD_AGENT_ROOT": str(root.root), "PATH": path}
+        self.calls: list[list[str]] = []
+
+    def run(self, argv: Sequence[str], *, env: dict[str, str] | None = None, **kwargs: object) -> Result:  # type: ignore[override]
+        """:meth:`Runner.run` with the instance's environment merged under ``env``."""
+        self.calls.append(list(argv))
+        return super().run(argv, env={**self.env, **(env or {})}, **kwargs)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

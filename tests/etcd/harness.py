@@ -27,8 +27,7 @@ from herd_agent.etcd.membership import Membership
 from herd_agent.etcd.settings import EtcdSettings, Identity
 from herd_agent.etcd.status import ClusterStatus, cluster_status
 from herd_agent.host.fsroot import HostRoot
-from herd_agent.host.runner import Result, Runner
-from herd_agent.sandbox.systemctl import Systemctl, write_shim
+from herd_agent.sandbox.systemctl import SandboxRunner, Systemctl, write_shim
 
 _NETS = itertools.count(10)
 TEST_ETCD_ENV = {"ETCD_HEARTBEAT_INTERVAL": "20", "ETCD_ELECTION_TIMEOUT": "200"}
@@ -56,19 +55,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class InstanceRunner(Runner):
-    """The agent's real runner, with the instance's root and the sandbox PATH in its environment."""
-
-    def __init__(self, root: HostRoot, path: str) -> None:
-        super().__init__(default_timeout=120)
-        self.env = {"HERD_AGENT_ROOT": str(root.root), "PATH": path}
-        self.calls: list[list[str]] = []
-
-    def run(self, argv, *, env=None, **kwargs) -> Result:  # type: ignore[override]
-        self.calls.append(list(argv))
-        return super().run(argv, env={**self.env, **(env or {})}, **kwargs)
-
-
 @dataclass
 class Instance:
     """One simulated control-plane instance."""
@@ -76,7 +62,7 @@ class Instance:
     name: str
     ip: str
     root: HostRoot
-    runner: InstanceRunner
+    runner: SandboxRunner
     membership: Membership
     alive: bool = True
 
@@ -135,7 +121,7 @@ class Lab:
         name = res["Instances"][0]["InstanceId"]
         root = HostRoot(self.base / name)
         root.makedirs("/etc")
-        runner = InstanceRunner(root, self.path)
+        runner = SandboxRunner(root, self.path)
         m = Membership(root, settings or self.settings, Identity(name, ip), runner=runner, clock=self.now)
         inst = Instance(name, ip, root, runner, m)
         self.instances.append(inst)
