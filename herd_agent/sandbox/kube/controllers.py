@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from typing import Any
 
 from herd_agent.sandbox.kube import disruption
@@ -106,7 +107,7 @@ class World:
 
     Args:
         store: the object store.
-        tick: seconds between passes when nothing changes (a change wakes the loop at once).
+        tick: how often an idle loop checks for ending grace periods (a change wakes it at once).
     """
 
     def __init__(self, store: Store, tick: float = 0.05) -> None:
@@ -144,10 +145,13 @@ class World:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._dirty.wait(self.tick)
+            woke = self._dirty.wait(self.tick)
             self._dirty.clear()
             if self._stop.is_set():
                 break
+            due = self.store.next_due()
+            if not woke and (due is None or due > time.monotonic()):
+                continue  # idle: no change and no grace period ending, so no pass (and no lock held)
             try:
                 self.reconcile()
             except Exception:  # a bug in one pass must not kill the simulated cluster
