@@ -131,6 +131,7 @@ class Region:
         self._engine: LifecycleEngine | None = None
         self._clients: dict[tuple[str, str | None], Any] = {}
         self._started = False
+        self._set_amis_env = False
 
     # -- lifecycle of the region itself -------------------------------------------------------
     def start(self) -> Region:
@@ -147,8 +148,10 @@ class Region:
         self.account_id = DEFAULT_ACCOUNT_ID
         patches.claim(self)
         # moto's catalogue of public AMIs costs ~0.3 s per EC2 backend and the sandbox has no use
-        # for it (any ImageId is accepted). An explicit setting wins.
-        os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+        # for it (any ImageId is accepted). An explicit setting wins; stop() restores the process env.
+        if "MOTO_EC2_LOAD_DEFAULT_AMIS" not in os.environ:
+            os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] = "false"
+            self._set_amis_env = True
         try:
             _reset_moto()
             self._engine = LifecycleEngine(self.cond, self._asg, self.time_factor, clock=self._clock)
@@ -185,6 +188,9 @@ class Region:
         self._engine = None
         self._started = False
         self._clients.clear()
+        if self._set_amis_env:
+            os.environ.pop("MOTO_EC2_LOAD_DEFAULT_AMIS", None)
+            self._set_amis_env = False
         patches.release(self)
 
     def __enter__(self) -> Region:

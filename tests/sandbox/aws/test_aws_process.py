@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -140,8 +141,6 @@ def test_a_failing_test_still_stops_the_region(tmp_path: Path) -> None:
 
 
 def _clean_env() -> dict[str, str]:
-    import os
-
     return {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PYTEST_"))}
 
 
@@ -181,3 +180,14 @@ def test_cli_serve_prints_endpoints_and_stops_on_signal() -> None:
             proc.wait()
     port = int(info["endpoint_url"].rsplit(":", 1)[1])
     assert refused("127.0.0.1", port)
+
+
+def test_stop_restores_the_moto_ami_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MOTO_EC2_LOAD_DEFAULT_AMIS", raising=False)
+    with Region():
+        assert os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] == "false"
+    assert "MOTO_EC2_LOAD_DEFAULT_AMIS" not in os.environ
+    monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "true")
+    with Region():
+        assert os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] == "true"
+    assert os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] == "true"
