@@ -300,3 +300,49 @@ def test_timeout_applies_default_result_on_the_real_clock(
     if final == "Terminated":
         assert region.ec2_state(iid) == "terminated"
         region.wait_for(lambda: any(i != iid for i in region.group_instances("workers")), 10, "a replacement")
+
+
+def test_standby_and_detach_show_in_imds_target_state(aws_region: Region, group: Callable[..., list[str]]) -> None:
+    import requests
+
+    a, b = group("workers", 2)
+    asg = aws_region.client("autoscaling")
+    asg.enter_standby(InstanceIds=[a], AutoScalingGroupName="workers", ShouldDecrementDesiredCapacity=True)
+    asg.detach_instances(InstanceIds=[b], AutoScalingGroupName="workers", ShouldDecrementDesiredCapacity=True)
+    assert asg_state(aws_region, a) == "Standby"
+    assert aws_region.lifecycle_state(b) == "Detached"
+    for iid, want in ((a, "Standby"), (b, "Detached")):
+        url = aws_region.instance(iid).imds_url
+        token = requests.put(url + "/latest/api/token", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"}).text
+        got = requests.get(
+            url + "/latest/meta-data/autoscaling/target-lifecycle-state", headers={"X-aws-ec2-metadata-token": token}
+        )
+        assert got.text == want
+    assert aws_region.group_instances("workers") == [a]  # no replacement: both decremented
+
+
+def test_concurrent_agents_complete_their_hooks(aws_region: Region, group: Callable[..., list[str]]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = group("workers", 8, hooks=(LAUNCH,))
+    clients = {iid: aws_region.client("autoscaling", instance_id=iid) for iid in ids}
+
+    def join(iid: str) -> None:
+        client = clients[iid]
+        client.describe_lifecycle_hooks(AutoScalingGroupName="workers")
+        client.record_lifecycle_action_heartbeat(
+            AutoScalingGroupName="workers", LifecycleHookName="launch", InstanceId=iid
+        )
+        client.complete_lifecycle_action(
+            AutoScalingGroupName="workers", LifecycleHookName="launch", InstanceId=iid, LifecycleActionResult="CONTINUE"
+        )
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(join, ids))
+    assert set(group_states(aws_region, "workers").values()) == {"InService"}
+    for iid in ids:
+        assert [c.action for c in aws_region.calls(caller=iid)] == [
+            "DescribeLifecycleHooks",
+            "RecordLifecycleActionHeartbeat",
+            "CompleteLifecycleAction",
+        ]
