@@ -118,6 +118,7 @@ class World:
         self._dirty = threading.Event()
         self._paused = threading.Event()
         self.passes = 0
+        self.errors: list[str] = []  # failed passes (the fixtures fail a test that caused one)
         store.add_listener(self._on_event)
         t = store.registry.by_kind
         self.t: dict[str, ResourceType] = {}
@@ -145,8 +146,11 @@ class World:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            woke = self._dirty.wait(self.tick)
-            self._dirty.clear()
+            self._dirty.wait(self.tick)
+            # clear only a flag we saw set: a change arriving between the wait and here must not be lost
+            woke = self._dirty.is_set()
+            if woke:
+                self._dirty.clear()
             if self._stop.is_set():
                 break
             due = self.store.next_due()
@@ -154,8 +158,9 @@ class World:
                 continue  # idle: no change and no grace period ending, so no pass (and no lock held)
             try:
                 self.reconcile()
-            except Exception:  # a bug in one pass must not kill the simulated cluster
+            except Exception as exc:  # a bug in one pass must not kill the simulated cluster
                 log.exception("sandbox controllers: pass failed")
+                self.errors.append(f"{type(exc).__name__}: {exc}")
 
     def reconcile(self) -> None:
         """Run every pass once (under the store lock, so API calls see a consistent world)."""

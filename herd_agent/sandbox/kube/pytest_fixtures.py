@@ -34,8 +34,11 @@ def kube_sandbox_factory() -> Iterator[Callable[..., KubeSandbox]]:
         return sandbox
 
     yield factory
+    errors = []
     for sandbox in reversed(made):
         sandbox.stop()
+        errors += sandbox.world.errors if sandbox.world else []
+    assert not errors, f"the simulated cluster's controllers failed during the test: {errors}"
 
 
 @pytest.fixture
