@@ -54,6 +54,7 @@ def _dumps(body: Any) -> bytes:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    block_on_close = False  # server_close() must not wait for idle keep-alive connections
     allow_reuse_address = True
     request_queue_size = 64
 
