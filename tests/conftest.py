@@ -157,3 +157,12 @@ def toolchain() -> Toolchain:
 # The local AWS region (herd_agent/sandbox/aws): `aws_region` (started, time factor 0.01) and
 # `make_aws_region(**kwargs)`; both stop the region after the test whatever its outcome.
 from herd_agent.sandbox.aws.pytest_fixtures import aws_region, make_aws_region  # noqa: E402,F401
+
+# The emulated Kubernetes API (herd_agent/sandbox/kube): `kube_sandbox`, `kube_sandbox_factory`,
+# `kube_kubeconfig`, `kube_client`.
+from herd_agent.sandbox.kube.pytest_fixtures import (  # noqa: E402,F401
+    kube_client,
+    kube_kubeconfig,
+    kube_sandbox,
+    kube_sandbox_factory,
+)
