@@ -98,6 +98,10 @@ class MemberNotFound(EtcdError):
     """``etcdserver: member not found`` (gRPC 5)."""
 
 
+class MemberIDRemoved(EtcdError):
+    """``etcdserver: ID removed`` (gRPC 9): the member ID belongs to a removed member."""
+
+
 class PeerURLExists(EtcdError):
     """``etcdserver: Peer URLs already exists`` (gRPC 9): a member already has that peer URL."""
 
@@ -121,6 +125,7 @@ _BY_MESSAGE: tuple[tuple[str, type[EtcdError]], ...] = (
     ("in sync with leader", LearnerNotInSync),
     ("not enough started members", NotEnoughStartedMembers),
     ("member not found", MemberNotFound),
+    ("id removed", MemberIDRemoved),
     ("peer urls already exists", PeerURLExists),
     ("can only promote a learner member", MemberNotLearner),
     ("bad leader transferee", BadLeaderTransferee),

@@ -31,7 +31,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from herd_agent.errors import ExitCode, HerdError
-from herd_agent.etcd.client import EtcdClient, EtcdError, Member, MemberNotFound, MemberNotLearner, member_id_hex
+from herd_agent.etcd.client import (
+    EtcdClient,
+    EtcdError,
+    Member,
+    MemberIDRemoved,
+    MemberNotFound,
+    MemberNotLearner,
+    member_id_hex,
+)
 from herd_agent.etcd.gc import InstanceOracle, gc_once
 from herd_agent.etcd.journal import (
     IdentityRecord,
@@ -296,19 +304,49 @@ class Membership:
 
             lock.check()
             added_at = time.monotonic()
-            new, after = client.member_add([self.peer_url], learner=True)
+            new, after = self._add_learner(client)
             self._journal(cluster_id, new.id, "adding")
             log.info("added etcd learner %s for %s", member_id_hex(new.id), self.identity.name)
-            self._write_env(render_initial_cluster(after, self.identity.name, self.peer_url), "existing")
-            self._systemctl("start")
-            ready_at = time.monotonic()
-            self._catch_up_and_promote(client, new.id, lock)
+            try:
+                self._write_env(render_initial_cluster(after, self.identity.name, self.peer_url), "existing")
+                self._systemctl("start")
+                ready_at = time.monotonic()
+                self._catch_up_and_promote(client, new.id, lock)
+            except BaseException:
+                self._undo_learner(client, new.id)
+                raise
             done = time.monotonic()
             self._journal(cluster_id, new.id, "member")
             log.info("etcd member %s (%s) is a voter after %.2fs", member_id_hex(new.id), self.identity.name,
                      done - added_at)
             return JoinResult(cluster_id, new.id, join_s=done - added_at, catchup_s=done - ready_at,
                               removed=tuple(removed))
+
+    def _add_learner(self, client: EtcdClient) -> tuple[Member, list[Member]]:
+        # etcd derives a new member's ID from its peer URLs, the cluster and the current *second*:
+        # re-adding the peer URL of a member removed within the same second collides with the
+        # removed ID, and etcd answers "member not found" / "ID removed". The next second works.
+        for attempt in range(3):
+            try:
+                return client.member_add([self.peer_url], learner=True)
+            except (MemberNotFound, MemberIDRemoved) as exc:
+                if attempt == 2:
+                    raise
+                log.info("member add collided with a just-removed member ID (%s); retrying next second", exc)
+                time.sleep(1.05 - time.time() % 1.0)
+        raise AssertionError("unreachable")
+
+    def _undo_learner(self, client: EtcdClient, member_id: int) -> None:
+        # A learner that never became a voter blocks the next joiner ("too many learner members");
+        # removing it costs no vote. Best effort: a later join or gc removes it otherwise.
+        try:
+            _, members = client.member_list()
+            if any(m.id == member_id and m.is_learner for m in members):
+                log.warning("join failed; removing our learner %s again", member_id_hex(member_id))
+                client.member_remove(member_id, retry_s=5)
+                self._systemctl("stop")
+        except (EtcdError, HerdError) as exc:
+            log.warning("could not remove learner %s after a failed join: %s", member_id_hex(member_id), exc)
 
     def _gc_until_clean(self, client: EtcdClient, oracle: InstanceOracle, lock: MembershipLock) -> list[int]:
         removed: list[int] = []

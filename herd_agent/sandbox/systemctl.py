@@ -280,8 +280,9 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
         elif verb == "restart":
             ctl.stop(unit)
             ok, msg = ctl.start(unit)
-        elif verb == "kill":
-            ok, msg = ctl.kill(unit, sig), ""
+        elif verb == "kill":  # like systemctl: send the signal, do not wait for the process to end
+            ctl.kill(unit, sig)
+            ok, msg = True, ""
         elif verb == "is-active":
             active = ctl.is_active(unit)
             out("active" if active else "inactive")

@@ -45,11 +45,24 @@ def lab_settings(**over: object) -> EtcdSettings:
     return EtcdSettings(**base)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def lab(tmp_path, toolchain, moto_ec2) -> Iterator[Lab]:
+def _lab(tmp_path, toolchain, moto_ec2, **env: str) -> Iterator[Lab]:
     ec2, subnet = moto_ec2
-    lab = Lab(tmp_path, toolchain.bindir, ec2, subnet, lab_settings())
+    lab = Lab(tmp_path, toolchain.bindir, ec2, subnet, lab_settings(extra_env={**TEST_ETCD_ENV, **env}))
     try:
         yield lab
     finally:
         lab.cleanup()
+
+
+@pytest.fixture
+def lab(tmp_path, toolchain, moto_ec2) -> Iterator[Lab]:
+    """A lab whose etcd keeps its strict reconfig check: every change also meets etcd's own
+    guard, including its fixed 5 s "all voters connected" wait the client's retries ride out."""
+    yield from _lab(tmp_path, toolchain, moto_ec2)
+
+
+@pytest.fixture
+def fast_lab(tmp_path, toolchain, moto_ec2) -> Iterator[Lab]:
+    """A lab with etcd's strict reconfig check off: the agent's own quorum proofs are the only
+    guard (what gc, leave-fallback and CLI tests check), and no change waits etcd's 5 s."""
+    yield from _lab(tmp_path, toolchain, moto_ec2, ETCD_STRICT_RECONFIG_CHECK="false")

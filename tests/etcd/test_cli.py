@@ -17,6 +17,11 @@ from tests.etcd.harness import healthy_voters_equal, wait_for
 pytestmark = pytest.mark.allow_subprocess
 
 
+@pytest.fixture
+def lab(fast_lab):
+    return fast_lab  # the agent's guards alone (see conftest.fast_lab)
+
+
 @pytest.fixture(autouse=True)
 def _restore_root_logger():
     # The CLI installs its own root handler (setup_logging) on the CliRunner's stderr.

@@ -9,6 +9,11 @@ from tests.etcd.harness import healthy_voters_equal, wait_for
 
 pytestmark = pytest.mark.allow_subprocess
 
+
+@pytest.fixture
+def lab(fast_lab):
+    return fast_lab  # the agent's guards alone (see conftest.fast_lab)
+
 STATE = "/var/lib/herd-agent/etcd-gc.json"
 
 

@@ -9,6 +9,7 @@ import threading
 
 import pytest
 
+from herd_agent.errors import CommandError
 from herd_agent.etcd.membership import QuorumRefused
 from tests.etcd.harness import healthy_voters_equal, wait_for
 
@@ -134,7 +135,8 @@ def test_leave_refused_when_quorum_would_break(lab):
     assert a.systemctl().is_active("herd-etcd.service")
 
 
-def test_embedded_leave_removes_member_when_k3s_does_not(lab):
+def test_embedded_leave_removes_member_when_k3s_does_not(fast_lab):
+    lab = fast_lab
     a, b, c = lab.three()
     deleted = []
     result = c.membership.leave_embedded([a.client_url, b.client_url, c.client_url],
@@ -144,7 +146,8 @@ def test_embedded_leave_removes_member_when_k3s_does_not(lab):
     wait_for(lambda: healthy_voters_equal(lab, [a, b]), what="c removed by the fallback")
 
 
-def test_embedded_leave_trusts_k3s_removal(lab):
+def test_embedded_leave_trusts_k3s_removal(fast_lab):
+    lab = fast_lab
     a, b, c = lab.three()
     c_id = {m.name: m.id for m in lab.members()}[c.name]
     client = lab.client(exclude=c)
@@ -156,3 +159,16 @@ def test_embedded_leave_trusts_k3s_removal(lab):
     assert result.removed and result.verdict is None  # no direct removal was needed
     c.alive = False
     wait_for(lambda: healthy_voters_equal(lab, [a, b]), what="c removed by k3s")
+
+
+def test_failed_start_removes_our_learner_so_the_next_join_works(lab):
+    a = lab.found()
+    b = lab.launch()
+    good_path = b.runner.env["PATH"]
+    b.runner.env["PATH"] = f"{lab.bindir}:/usr/bin:/bin"  # no etcd binary: systemctl start fails
+    with pytest.raises(CommandError, match="etcd: not found"):
+        b.membership.join([a.client_url])
+    assert [m.name for m in lab.members()] == [a.name]  # no learner left to block other joiners
+    b.runner.env["PATH"] = good_path
+    b.membership.join([a.client_url])
+    wait_for(lambda: healthy_voters_equal(lab, [a, b]), what="b joined on the second try")

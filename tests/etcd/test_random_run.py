@@ -1,8 +1,11 @@
 """A seeded random run of scale-out, scale-in and kill -9 on a 3-5 member cluster.
 
 A monitor thread samples the cluster every 50 ms for the whole run and records the quorum
-margin (voters answering their status minus the quorum of the voter count); the run fails if it
-ever drops below zero, and prints the lowest margin seen. Set HERD_ETCD_CHAOS_SEED to replay.
+margin: voters whose etcd process is running minus the quorum of the voter count (process
+liveness, not HTTP answers, so a slow status under CPU load does not count as a lost vote). The
+run fails if it ever drops below zero, and prints the lowest margin seen. After every operation
+the cluster must be fully healthy again (every member answers, no learner). Set
+HERD_ETCD_CHAOS_SEED to replay.
 
 etcd's own guard (``--strict-reconfig-check``) is switched off here: every removal and promotion
 is then protected only by the agent's quorum proofs, which is what this run tests; it also
@@ -12,7 +15,6 @@ The scenario tests in test_membership.py and test_gc.py keep etcd's guard on.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import threading
@@ -21,7 +23,6 @@ import pytest
 
 from herd_agent.etcd.client import EtcdClient, EtcdError
 from herd_agent.etcd.quorum import quorum_size
-from herd_agent.etcd.status import collect_statuses
 from tests.etcd.harness import healthy_voters_equal, wait_for
 
 pytestmark = pytest.mark.allow_subprocess
@@ -41,20 +42,18 @@ class Monitor(threading.Thread):
         while not self.stop.wait(0.05):
             urls = [i.client_url for i in self.lab.instances if i.alive]
             try:
-                client = EtcdClient(urls, timeout_s=0.5, retry_s=0)
-                _, members = client.member_list(linearizable=False)
-                statuses = collect_statuses(client, members, timeout_s=0.5)
+                _, members = EtcdClient(urls, timeout_s=2, retry_s=0).member_list(linearizable=False)
             except EtcdError:
                 continue
+            running = {i.name for i in self.lab.instances if i.systemctl().is_active(self.lab.settings.unit)}
             voters = [m for m in members if m.is_voter]
-            answering = [m for m in voters if statuses.get(m.id) is not None and not statuses[m.id].errors]
-            self.samples.append((len(answering) - quorum_size(len(voters)), len(voters)))
+            alive = [m for m in voters if m.name in running]
+            self.samples.append((len(alive) - quorum_size(len(voters)), len(voters)))
 
 
-def test_seeded_random_membership_run(lab):
+def test_seeded_random_membership_run(fast_lab):
+    lab = fast_lab
     rng = random.Random(SEED)
-    lab.settings = dataclasses.replace(
-        lab.settings, extra_env={**lab.settings.extra_env, "ETCD_STRICT_RECONFIG_CHECK": "false"})
     live = list(lab.three())
     monitor = Monitor(lab)
     monitor.start()
