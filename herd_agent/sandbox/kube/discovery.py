@@ -2,7 +2,8 @@
 
 Discovery shapes follow https://kubernetes.io/docs/concepts/overview/kubernetes-api/#discovery-api:
 ``/api`` (APIVersions), ``/apis`` (APIGroupList), ``/api/v1`` and ``/apis/<g>/<v>``
-(APIResourceList, subresources listed as ``<plural>/<sub>``). The aggregated (v2) discovery
+(APIResourceList, subresources listed as ``<plural>/<sub>``). ``/openapi/v2`` is an empty
+document (see :func:`openapi_v2`); ``/openapi/v3`` is 404. The aggregated (v2) discovery
 format is not produced: a request preferring it gets the unaggregated document with
 ``Content-Type: application/json``, which client-go accepts and falls back on.
 
@@ -15,6 +16,7 @@ columns Name, any type-specific columns, Age; each row carries the object's meta
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 from herd_agent.sandbox.kube.resources import Registry, ResourceType
@@ -31,6 +33,29 @@ SERVER_VERSION = {
     "compiler": "gc",
     "platform": "linux/amd64",
 }
+
+
+OPENAPI_V2_PROTOBUF = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
+
+
+def _proto_string(field: int, value: bytes) -> bytes:
+    return bytes([(field << 3) | 2, len(value)]) + value
+
+
+def openapi_v2(accept: str) -> tuple[str, bytes]:
+    """An OpenAPI v2 document that declares no definitions, as (content type, body).
+
+    client-go fetches ``/openapi/v2`` as protobuf (gnostic ``openapi_v2.Document``) for kubectl
+    and helm validation; a document without definitions makes them skip schema validation of
+    every kind (their documented behaviour for kinds the schema does not know), so manifests are
+    validated by the server only. The protobuf body sets only ``swagger`` (field 1, "2.0");
+    JSON is answered when protobuf is not accepted.
+    """
+    if "protobuf" in accept:
+        return OPENAPI_V2_PROTOBUF, _proto_string(1, b"2.0")
+    doc = {"swagger": "2.0", "info": {"title": "Kubernetes", "version": SERVER_VERSION["gitVersion"]},
+           "paths": {}, "definitions": {}}
+    return "application/json", json.dumps(doc).encode()
 
 
 def api_versions(address: str) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 URL space (https://kubernetes.io/docs/reference/using-api/api-concepts/):
 ``/api/v1[/namespaces/<ns>]/<plural>[/<name>[/<subresource>]]`` and the same under
 ``/apis/<group>/<version>``; discovery at ``/api``, ``/api/v1``, ``/apis``, ``/apis/<g>``,
-``/apis/<g>/<v>``; ``/version``, ``/healthz``, ``/livez``, ``/readyz``. ``/openapi/v2`` and
-``/openapi/v3`` answer 404, which kubectl tolerates when it does not validate.
+``/apis/<g>/<v>``; ``/version``, ``/healthz``, ``/livez``, ``/readyz``; ``/openapi/v2`` is a
+document without definitions (kubectl and helm then skip client-side schema validation);
+``/openapi/v3`` answers 404.
 
 Verbs map as the real server maps them: GET → get/list/watch (``?watch=true``), POST → create,
 PUT → update, PATCH → patch (merge, strategic merge, JSON patch, apply), DELETE →
@@ -162,9 +163,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def send_text(self, code: int, text: str) -> None:
         """Send a plain-text response."""
-        data = text.encode()
+        self.send_bytes(code, "text/plain; charset=utf-8", text.encode())
+
+    def send_bytes(self, code: int, content_type: str, data: bytes) -> None:
+        """Send ``data`` as is."""
         self.send_response(code)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -287,6 +291,9 @@ class ApiServer:
             raise errors.method_not_allowed()
         if path == "/version":
             h.send_json(200, discovery.SERVER_VERSION)
+        elif path == "/openapi/v2":
+            content_type, data = discovery.openapi_v2(h.headers.get("Accept", ""))
+            h.send_bytes(200, content_type, data)
         elif path in ("/healthz", "/livez", "/readyz"):
             h.send_text(200, "ok")
         elif path == "/api":

@@ -44,7 +44,8 @@ def test_discovery_documents(api: Api) -> None:
     apps = {r["name"] for r in api.get("/apis/apps/v1").json()["resources"]}
     assert {"deployments", "deployments/scale", "daemonsets", "statefulsets/status"} <= apps
     assert api.get("/apis/nope/v1").status_code == 404
-    assert api.get("/openapi/v2").status_code == 404
+    assert api.get("/openapi/v2").json()["swagger"] == "2.0"
+    assert api.get("/openapi/v3").status_code == 404
 
 
 def test_create_sets_server_fields_and_duplicate_is_409(api: Api) -> None:

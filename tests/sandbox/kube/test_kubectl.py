@@ -158,7 +158,7 @@ spec:
 def test_apply_and_get_lease(kube_sandbox: KubeSandbox, kubectl: Kubectl) -> None:
     created = kubectl.run("apply", "--validate=false", "-f", "-", stdin=LEASE.format(holder="i-1"))
     assert "lease.coordination.k8s.io/herd-leader created" in created.stdout
-    updated = kubectl.run("apply", "--validate=false", "-f", "-", stdin=LEASE.format(holder="i-2"))
+    updated = kubectl.run("apply", "-f", "-", stdin=LEASE.format(holder="i-2"))  # validating (empty OpenAPI)
     assert "configured" in updated.stdout
 
     lease = kubectl.json("get", "lease", "herd-leader", "-n", "kube-system")
@@ -173,7 +173,7 @@ def test_stale_replace_of_a_lease_is_a_409(kube_sandbox: KubeSandbox, kubectl: K
     kubectl.run("apply", "--validate=false", "-f", "-", stdin=LEASE.format(holder="i-1"))
     stale = kubectl.json("get", "lease", "herd-leader", "-n", "kube-system")
     fresh = dict(stale, spec={**stale["spec"], "holderIdentity": "i-2"})
-    kubectl.run("replace", "--validate=false", "-f", "-", stdin=json.dumps(fresh))
+    kubectl.run("replace", "-f", "-", stdin=json.dumps(fresh))
 
     stale["spec"]["holderIdentity"] = "i-3"
     result = kubectl.run("replace", "--validate=false", "-f", "-", stdin=json.dumps(stale), check=False)
