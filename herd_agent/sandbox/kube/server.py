@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from herd_agent.sandbox.kube import discovery, disruption, errors, patch
+from herd_agent.sandbox.kube import discovery, disruption, errors, patch, protobuf
 from herd_agent.sandbox.kube.auth import Authenticator, Authorizer, Identity, Request, service_account_user
 from herd_agent.sandbox.kube.errors import ApiError
 from herd_agent.sandbox.kube.resources import ResourceType
@@ -106,6 +106,8 @@ class _Handler(BaseHTTPRequestHandler):
         api = self.server.api
         try:
             body = self._read_body()
+            if body and self.headers.get("Content-Type", "").startswith(protobuf.PROTOBUF):
+                body = _dumps(protobuf.decode(body))  # typed clientsets send protobuf; the rest is JSON
             split = urlsplit(self.path)
             query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
             identity = self._authenticate()

@@ -135,3 +135,37 @@ def test_tolerations_and_node_fit() -> None:
         {"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}]})
     assert not node_fits({"metadata": {}, "spec": {"taints": [taint]}}, {})
     assert node_fits({"metadata": {}, "spec": {"taints": [{**taint, "effect": "PreferNoSchedule"}]}}, {})
+
+
+def _pb(number: int, value: bytes | int) -> bytes:
+    """Encode one protobuf field (varint for ints, length-delimited for bytes)."""
+    def varint(n: int) -> bytes:
+        out = b""
+        while True:
+            byte, n = n & 0x7F, n >> 7
+            out += bytes([byte | (0x80 if n else 0)])
+            if not n:
+                return out
+    if isinstance(value, int):
+        return varint(number << 3) + varint(value)
+    return varint(number << 3 | 2) + varint(len(value)) + value
+
+
+def test_protobuf_secret_body_decodes_to_json() -> None:
+    from herd_agent.sandbox.kube import protobuf
+
+    meta = (_pb(1, b"sh.helm.release.v1.demo.v1") + _pb(3, b"apps")
+            + _pb(11, _pb(1, b"owner") + _pb(2, b"helm")) + _pb(14, b"f1") + _pb(8, _pb(1, 1_700_000_000)))
+    secret = _pb(1, meta) + _pb(2, _pb(1, b"release") + _pb(2, b"\x00\x01")) + _pb(3, b"helm.sh/release.v1")
+    body = protobuf.MAGIC + _pb(1, _pb(1, b"v1") + _pb(2, b"Secret")) + _pb(2, secret)
+
+    assert protobuf.decode(body) == {
+        "apiVersion": "v1", "kind": "Secret", "type": "helm.sh/release.v1", "data": {"release": "AAE="},
+        "metadata": {"name": "sh.helm.release.v1.demo.v1", "namespace": "apps", "labels": {"owner": "helm"},
+                     "finalizers": ["f1"], "creationTimestamp": "2023-11-14T22:13:20Z"}}
+    with pytest.raises(ApiError) as err:
+        protobuf.decode(protobuf.MAGIC + _pb(1, _pb(1, b"v1") + _pb(2, b"Pod")))
+    assert err.value.code == 415
+    with pytest.raises(ApiError) as err:
+        protobuf.decode(b"{}")
+    assert err.value.code == 400
