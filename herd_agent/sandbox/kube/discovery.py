@@ -15,7 +15,9 @@ columns Name, any type-specific columns, Age; each row carries the object's meta
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import json
 from typing import Any
 
@@ -95,7 +97,8 @@ def _resource_entry(row: ResourceType) -> dict[str, Any]:
         entry["shortNames"] = list(row.short_names)
     if row.categories:
         entry["categories"] = list(row.categories)
-    entry["storageVersionHash"] = f"{abs(hash((row.group, row.plural))) % 10**11:011d}"
+    digest = hashlib.sha256(f"{row.group}/{row.plural}".encode()).digest()
+    entry["storageVersionHash"] = base64.b64encode(digest[:8]).decode()
     return entry
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from herd_agent.sandbox.kube.errors import ApiError, bad_request
 
-# List fields merged by key: the last field name (or a dotted suffix, checked first) → merge key.
+# List fields merged by key: a dotted path from the object root (checked first) or a field name → merge key.
 MERGE_KEYS: dict[str, str] = {
     "spec.ports": "port",  # Service
     "conditions": "type",
@@ -62,8 +62,9 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 
 def _merge_key(path: tuple[str, ...]) -> str | None:
-    if len(path) >= 2 and ".".join(path[-2:]) in MERGE_KEYS and path[-2] == "spec" and len(path) == 2:
-        return MERGE_KEYS[".".join(path[-2:])]
+    dotted = ".".join(path)
+    if dotted in MERGE_KEYS:  # a full path from the root (Service spec.ports) wins over the field name
+        return MERGE_KEYS[dotted]
     return MERGE_KEYS.get(path[-1]) if path else None
 
 

@@ -150,6 +150,9 @@ def _builtin() -> list[ResourceType]:
     ]
 
 
+# Groups of the built-in types (strategic merge patch applies to them only).
+BUILTIN_GROUPS = frozenset(row.group for row in _builtin())
+
 # Groups whose preferred version discovery reports, in the order the real server lists them.
 GROUP_ORDER = ("", "apps", "events.k8s.io", "authentication.k8s.io", "batch", "policy",
                "rbac.authorization.k8s.io", "apiextensions.k8s.io", "coordination.k8s.io")

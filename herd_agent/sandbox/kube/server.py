@@ -33,7 +33,7 @@ import yaml
 from herd_agent.sandbox.kube import discovery, disruption, errors, patch, protobuf
 from herd_agent.sandbox.kube.auth import Authenticator, Authorizer, Identity, Request, service_account_user
 from herd_agent.sandbox.kube.errors import ApiError
-from herd_agent.sandbox.kube.resources import ResourceType
+from herd_agent.sandbox.kube.resources import BUILTIN_GROUPS, ResourceType
 from herd_agent.sandbox.kube.selectors import parse_field_selector, parse_label_selector
 from herd_agent.sandbox.kube.store import Obj, Store, now_rfc3339
 
@@ -331,8 +331,6 @@ class ApiServer:
                 "PATCH": "patch", "DELETE": "delete" if name else "deletecollection"}[method]
         if method == "POST" and name and sub is None:
             raise errors.method_not_allowed()
-        if method == "POST" and not name:
-            name = None
         self.authz.check(identity, Request(verb=verb, group=group, resource=rtype.plural, subresource=sub or "",
                                            namespace=namespace or "", name=name or "", path=path))
         accept = h.headers.get("Accept", "")
@@ -571,8 +569,8 @@ class ApiServer:
                 result = patch.merge_patch(base, doc)
             elif kind == "json":
                 result = patch.json_patch(base, doc)
-            elif kind == "strategic" and rtype.group not in self._builtin_groups():
-                raise errors.unsupported_media_type(content_type)
+            elif kind == "strategic" and rtype.group not in BUILTIN_GROUPS:
+                raise errors.unsupported_media_type(content_type)  # as for custom resources
             else:
                 result = patch.strategic_merge(base, doc)
             if not isinstance(result, dict):
@@ -586,10 +584,6 @@ class ApiServer:
                 return
             check = (result.get("metadata") or {}).get("resourceVersion") != current["metadata"]["resourceVersion"]
             h.send_json(200, self.store.update(rtype, namespace, name, result, subresource=sub, check_version=check))
-
-    def _builtin_groups(self) -> set[str]:
-        return {"", "apps", "policy", "coordination.k8s.io", "events.k8s.io", "batch", "rbac.authorization.k8s.io",
-                "apiextensions.k8s.io"}
 
     @staticmethod
     def _delete_options(query: dict[str, str], body: bytes) -> tuple[int | None, dict[str, str] | None]:
