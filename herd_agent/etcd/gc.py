@@ -6,8 +6,9 @@ measured from when *we* first saw it (first-seen times persist in a small state 
 
 - *gone*: the cloud says the member's instance is terminated, or no instance matches it. A
   started member matches an instance when the instance's private IP equals the member's peer IP
-  **and** the member's name is the instance id, its private DNS short name, or its Name tag
-  (so a new instance that reuses a dead member's IP does not keep the dead member alive);
+  **and** the member's name is the instance id, its private DNS short name, or its Name tag,
+  optionally followed by the ``-xxxxxxxx`` suffix k3s gives embedded members (so a new
+  instance that reuses a dead member's IP does not keep the dead member alive);
   an unstarted member (no name yet) matches any live instance at its peer IP.
 - *unstarted*: added but never started (empty name, no client URLs).
 
@@ -127,6 +128,22 @@ def _info(inst: Mapping[str, Any]) -> InstanceInfo:
 # --- pure decision -------------------------------------------------------------------------------
 
 
+# k3s names its embedded etcd members "<node name>-<first 8 hex digits of a UUID>".
+_K3S_SUFFIX = re.compile(r"-[0-9a-f]{8}")
+
+
+def name_matches(member_name: str, instance_names: Iterable[str]) -> bool:
+    """True when ``member_name`` is one of ``instance_names``, or one of them plus k3s' ``-xxxxxxxx``."""
+    for n in instance_names:
+        if not n:
+            continue
+        if member_name == n:
+            return True
+        if member_name.startswith(n) and _K3S_SUFFIX.fullmatch(member_name[len(n):]):
+            return True
+    return False
+
+
 def matches(member: Member, inst: InstanceInfo) -> bool:
     """True when ``inst`` is the instance behind ``member`` (see the module doc)."""
     if not member.peer_host or inst.private_ip != member.peer_host:
@@ -134,7 +151,7 @@ def matches(member: Member, inst: InstanceInfo) -> bool:
     if not member.name:
         return True
     short_dns = inst.private_dns_name.split(".", 1)[0]
-    return member.name in {inst.instance_id, short_dns, inst.name_tag} - {""}
+    return name_matches(member.name, (inst.instance_id, short_dns, inst.name_tag))
 
 
 def instance_verdict(member: Member, instances: Iterable[InstanceInfo]) -> tuple[bool, str]:

@@ -40,7 +40,7 @@ from herd_agent.etcd.client import (
     MemberNotLearner,
     member_id_hex,
 )
-from herd_agent.etcd.gc import InstanceOracle, gc_once
+from herd_agent.etcd.gc import GcResult, InstanceOracle, gc_once
 from herd_agent.etcd.journal import (
     IdentityRecord,
     data_dir_in_use,
@@ -336,6 +336,17 @@ class Membership:
                 time.sleep(1.05 - time.time() % 1.0)
         raise AssertionError("unreachable")
 
+    @staticmethod
+    def _best_raft_index(client: EtcdClient) -> int | None:
+        best = None
+        for url in client.endpoints:
+            try:
+                index = client.status(url, timeout_s=2.0).raft_index
+            except EtcdError:
+                continue
+            best = index if best is None else max(best, index)
+        return best
+
     def _undo_learner(self, client: EtcdClient, member_id: int) -> None:
         # A learner that never became a voter blocks the next joiner ("too many learner members");
         # removing it costs no vote. Best effort: a later join or gc removes it otherwise.
@@ -365,11 +376,10 @@ class Membership:
         target = None
         while True:
             try:
-                if target is None:
-                    leader_status = client.call("/maintenance/status", {}, retry_s=0)
-                    target = int(leader_status.get("raftIndex", 0))
+                if target is None:  # the most advanced index among the existing members
+                    target = self._best_raft_index(client)
                 own = client.status(self.client_url, timeout_s=2.0)
-                if own.member_id == member_id and own.raft_index >= target:
+                if target is not None and own.member_id == member_id and own.raft_index >= target:
                     break
             except EtcdError:
                 pass
@@ -385,7 +395,7 @@ class Membership:
 
     # --- gc ------------------------------------------------------------------------------------
 
-    def gc(self, peers: Sequence[str], oracle: InstanceOracle, *, dry_run: bool = False):
+    def gc(self, peers: Sequence[str], oracle: InstanceOracle, *, dry_run: bool = False) -> GcResult:
         """One stale-member pass under the membership lock (for the watcher and ``etcd gc``).
 
         Returns:

@@ -136,6 +136,12 @@ def test_matching_needs_name_and_ip():
     assert not matches(m, inst("i-0aaa11111111", "10.0.0.2"))
     assert matches(member(1, "ip-10-0-0-1", "10.0.0.1"), inst("i-0ccc", "10.0.0.1", dns="ip-10-0-0-1.ec2.internal"))
     assert matches(member(1, started=False, ip="10.0.0.1"), inst("i-0ddd", "10.0.0.1"))
+    # k3s' embedded etcd names members "<node name>-<8 hex>"
+    assert matches(member(1, "i-0aaa11111111-3f2a1b9c", "10.0.0.1"), inst("i-0aaa11111111", "10.0.0.1"))
+    assert matches(member(1, "ip-10-0-0-1-0123abcd", "10.0.0.1"),
+                   inst("i-0ccc", "10.0.0.1", dns="ip-10-0-0-1.ec2.internal"))
+    assert not matches(member(1, "i-0aaa11111111-xyz", "10.0.0.1"), inst("i-0aaa11111111", "10.0.0.1"))
+    assert not matches(member(1, "i-0aaa111111112-3f2a1b9c", "10.0.0.1"), inst("i-0aaa11111111", "10.0.0.1"))
 
 
 def test_instance_verdicts():
