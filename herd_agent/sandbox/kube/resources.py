@@ -143,6 +143,9 @@ def _builtin() -> list[ResourceType]:
         rt("batch", "v1", "Job", "jobs", True, (), (STATUS,), categories=("all",)),
         rt("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", False,
            ("crd", "crds"), (STATUS,)),
+        # Virtual: a create is answered, nothing is stored (server.py).
+        rt("authorization.k8s.io", "v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews", False,
+           verbs=("create",)),
         rt("rbac.authorization.k8s.io", "v1", "Role", "roles", True),
         rt("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", True),
         rt("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", False),
@@ -154,7 +157,7 @@ def _builtin() -> list[ResourceType]:
 BUILTIN_GROUPS = frozenset(row.group for row in _builtin())
 
 # Groups whose preferred version discovery reports, in the order the real server lists them.
-GROUP_ORDER = ("", "apps", "events.k8s.io", "authentication.k8s.io", "batch", "policy",
+GROUP_ORDER = ("", "apps", "events.k8s.io", "authentication.k8s.io", "authorization.k8s.io", "batch", "policy",
                "rbac.authorization.k8s.io", "apiextensions.k8s.io", "coordination.k8s.io")
 
 

@@ -499,7 +499,28 @@ class ApiServer:
             h.send_json(201, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})
             return
         self._check_kind(rtype, body)
+        if rtype.kind == "SelfSubjectAccessReview":
+            h.send_json(201, self._access_review(identity, body))
+            return
         h.send_json(201, self.store.create(rtype, namespace, body))
+
+    def _access_review(self, identity: Identity, body: dict[str, Any]) -> dict[str, Any]:
+        """Answer a SelfSubjectAccessReview (``kubectl auth can-i``) with the RBAC authorizer."""
+        spec = body.get("spec") or {}
+        attrs = spec.get("resourceAttributes")
+        if attrs:
+            req = Request(verb=attrs.get("verb", ""), group=attrs.get("group", ""), resource=attrs.get("resource", ""),
+                          subresource=attrs.get("subresource", ""), namespace=attrs.get("namespace", ""),
+                          name=attrs.get("name", ""))
+        else:
+            plain = spec.get("nonResourceAttributes") or {}
+            req = Request(verb=plain.get("verb", ""), path=plain.get("path", ""))
+        allowed = self.authz.allowed(identity, req)
+        status: dict[str, Any] = {"allowed": allowed}
+        if allowed and identity.enforce_rbac:
+            status["reason"] = "RBAC: allowed by a binding"
+        return {"kind": "SelfSubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
+                "metadata": {"creationTimestamp": None}, "spec": spec, "status": status}
 
     def _token_request(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         sa_type = self.registry.by_kind("", "ServiceAccount")

@@ -196,3 +196,44 @@ def test_rollout_status_completes(kube_sandbox: KubeSandbox, kubectl: Kubectl) -
     assert 'deployment "web" successfully rolled out' in result.stdout
     images = {p["spec"]["containers"][0]["image"] for p in running_pods(kube_sandbox)}
     assert images == {"example/web:2"}
+
+
+CRD = """
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: releases.herd.example.com
+spec:
+  group: herd.example.com
+  scope: Namespaced
+  names: {plural: releases, singular: release, kind: Release, shortNames: [rel]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+    additionalPrinterColumns:
+    - {name: Chart, type: string, jsonPath: .spec.chart}
+"""
+RELEASE = """
+apiVersion: herd.example.com/v1
+kind: Release
+metadata: {name: ingress, namespace: default}
+spec: {chart: ingress-nginx}
+"""
+
+
+def test_custom_resources_via_crd(kube_sandbox: KubeSandbox, kubectl: Kubectl) -> None:
+    kubectl.run("apply", "-f", "-", stdin=CRD)
+    kubectl.run("wait", "--for=condition=Established", "crd/releases.herd.example.com", "--timeout=10s")
+    assert "release.herd.example.com/ingress created" in kubectl.run("apply", "-f", "-", stdin=RELEASE).stdout
+
+    table = kubectl.run("get", "rel").stdout.split()
+    assert table[:3] == ["NAME", "CHART", "AGE"] and table[3:5] == ["ingress", "ingress-nginx"]
+    kubectl.run("patch", "release", "ingress", "--type=merge", "-p", '{"spec":{"chart":"traefik"}}')
+    assert kubectl.json("get", "release", "ingress")["spec"]["chart"] == "traefik"
+    kubectl.run("delete", "crd", "releases.herd.example.com")
+    with pytest.raises(KeyError):
+        kube_sandbox.resource_type("Release", "herd.example.com/v1")  # no longer served
+    gone = kubectl.run("get", "--raw", "/apis/herd.example.com/v1/namespaces/default/releases", check=False)
+    assert gone.returncode != 0 and "NotFound" in gone.stderr

@@ -128,3 +128,21 @@ def test_kubectl_drain_works_with_exactly_the_agent_rules(kube_sandbox: KubeSand
     failed = kubectl.run("drain", "node-b", "--ignore-daemonsets", "--timeout=5s", check=False)
     assert failed.returncode != 0
     assert 'cannot get resource "daemonsets" in API group "apps"' in failed.stderr
+
+
+@pytest.mark.allow_subprocess
+@pytest.mark.parametrize("version", ["1.32", "1.37"])
+def test_kubectl_auth_can_i_answers_from_rbac(kube_sandbox: KubeSandbox, toolchain: Any, version: str) -> None:
+    kubeconfig = kube_sandbox.service_account_kubeconfig("kube-system", "herd-agent")
+    grant(kube_sandbox, "herd-agent", AGENT_RULES,
+          {"kind": "ServiceAccount", "name": "herd-agent", "namespace": "kube-system"})
+    kubectl = Kubectl(toolchain.kubectl if version == "1.32" else toolchain.kubectl_new, kubeconfig)
+
+    def can_i(*args: str) -> str:
+        return kubectl.run("auth", "can-i", *args, check=False).stdout.strip()
+
+    assert can_i("create", "pods", "--subresource=eviction", "-n", "default") == "yes"
+    assert can_i("patch", "nodes") == "yes"
+    assert can_i("delete", "pods", "-n", "default") == "no"
+    assert can_i("update", "leases/herd-leader", "-n", "kube-system") == "yes"
+    assert can_i("update", "leases/other", "-n", "kube-system") == "no"
