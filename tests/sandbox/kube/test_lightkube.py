@@ -198,3 +198,19 @@ def test_watch_pods_from_a_resource_version_sees_deletion(cluster: KubeSandbox, 
 
     assert ("DELETED", pods[0].metadata.name) in seen
     assert ("ADDED", pods[0].metadata.name) not in seen  # resumed after the list, no replay of old state
+
+
+def test_watch_from_an_expired_version_raises_410(kube_sandbox_factory: Any) -> None:
+    from lightkube import KubeConfig
+
+    kube = kube_sandbox_factory(history=2)
+    kube.add_node("node-a")
+    start = kube.get("Node", "node-a")["metadata"]["resourceVersion"]
+    for n in range(4):
+        kube.modify("Node", "node-a", lambda node, n=n: node["metadata"].setdefault("labels", {}).update(n=str(n)))
+    client = Client(config=KubeConfig.from_file(str(kube.admin_kubeconfig)))
+
+    with pytest.raises(ApiError) as err:
+        next(iter(client.watch(Node, resource_version=start, server_timeout=2)))
+
+    assert err.value.status.code == 410 and err.value.status.reason == "Expired"
