@@ -85,6 +85,7 @@ class Lab:
     settings: EtcdSettings
     clock: list[float] = field(default_factory=lambda: [time.time()])
     instances: list[Instance] = field(default_factory=list)
+    runner_env: dict[str, str] = field(default_factory=dict)
     net: int = field(default_factory=lambda: next(_NETS))
     _hosts: itertools.count = field(default_factory=lambda: itertools.count(2))
 
@@ -122,6 +123,7 @@ class Lab:
         root = HostRoot(self.base / name)
         root.makedirs("/etc")
         runner = SandboxRunner(root, self.path)
+        runner.env.update(self.runner_env)
         m = Membership(root, settings or self.settings, Identity(name, ip), runner=runner, clock=self.now)
         inst = Instance(name, ip, root, runner, m)
         self.instances.append(inst)
