@@ -286,6 +286,10 @@ class Membership:
             self._systemctl("stop")
             for m in mine:
                 lock.check()
+                if member_status(client, m) is not None:  # ours is stopped, so this is someone else
+                    raise MembershipError(
+                        f"etcd member {member_id_hex(m.id)} (name {m.name!r}, {','.join(m.client_urls)}) carries "
+                        f"our name or peer URL and is alive; refusing to remove it. Check the node names.")
                 log.warning("removing etcd member %s (name %r, peers %s): it carries our name or peer URL, and "
                             "this instance now owns them (earlier incarnation or reused IP)",
                             member_id_hex(m.id), m.name, ",".join(m.peer_urls))

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from herd_agent.errors import CommandError
-from herd_agent.etcd.membership import QuorumRefused
+from herd_agent.etcd.membership import MembershipError, QuorumRefused
 from tests.etcd.harness import healthy_voters_equal, wait_for
 
 pytestmark = pytest.mark.allow_subprocess
@@ -172,3 +172,13 @@ def test_failed_start_removes_our_learner_so_the_next_join_works(lab):
     b.runner.env["PATH"] = good_path
     b.membership.join([a.client_url])
     wait_for(lambda: healthy_voters_equal(lab, [a, b]), what="b joined on the second try")
+
+
+def test_refuses_to_remove_a_live_member_that_carries_our_name(lab):
+    a = lab.found()
+    b = lab.join()
+    twin = lab.launch()
+    twin.membership.identity = type(twin.membership.identity)(b.name, twin.ip)  # misconfigured: b's name
+    with pytest.raises(MembershipError, match="is alive; refusing to remove it"):
+        twin.membership.join([a.client_url])
+    assert {m.name for m in lab.members()} == {a.name, b.name}
