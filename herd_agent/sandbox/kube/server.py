@@ -21,6 +21,7 @@ import base64
 import json
 import logging
 import queue
+import select
 import ssl
 import threading
 import time
@@ -174,6 +175,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+    def client_gone(self) -> bool:
+        """True when the client closed the connection (checked while a watch is idle).
+
+        A watch connection carries no further request until the response ends, so readable
+        data here can only be the end of the stream (or a TLS close notification).
+        """
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and not self.connection.recv(1)
+        except (OSError, ValueError):
+            return True
 
     def start_stream(self) -> None:
         """Start a chunked JSON stream (a watch)."""
@@ -455,6 +468,8 @@ class ApiServer:
                 try:
                     item = watcher.queue.get(timeout=min(remaining, self.bookmark_interval))
                 except queue.Empty:
+                    if h.client_gone():
+                        break
                     if bookmarks:
                         h.write_chunk(bookmark())
                     continue

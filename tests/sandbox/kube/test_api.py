@@ -183,11 +183,19 @@ def test_graceful_pod_deletion_uses_grace_period_and_time_factor(kube_sandbox: K
     kube_sandbox.wait_for(lambda: kube_sandbox.find("Pod", "slow") is None, timeout=5)
 
 
-def _watch_lines(api: Api, path: str, **params: str) -> list[dict[str, Any]]:
+def _watch_lines(api: Api, path: str, count: int | None = None, **params: str) -> list[dict[str, Any]]:
+    """Events of a watch: the first ``count`` (then hang up), or all until the server ends the stream."""
     response = api.get(path, params={"watch": "true", **params}, stream=True)
     assert response.status_code == 200
     assert response.headers["Transfer-Encoding"] == "chunked"
-    return [json.loads(line) for line in response.iter_lines() if line]
+    events = []
+    with response:
+        for line in response.iter_lines():
+            if line:
+                events.append(json.loads(line))
+            if count is not None and len(events) == count:
+                break
+    return events
 
 
 def test_watch_resumes_from_a_resource_version_and_ends_at_timeout(api: Api) -> None:
@@ -196,18 +204,20 @@ def test_watch_resumes_from_a_resource_version_and_ends_at_timeout(api: Api) -> 
     api.post(f"{NS}/configmaps", cm("b", {"pick": "me"}))
     api.delete(f"{NS}/configmaps/a")
 
+    # the server ends the stream after timeoutSeconds: every retained event after the version, no more
     events = _watch_lines(api, f"{NS}/configmaps", resourceVersion=first["metadata"]["resourceVersion"],
                           timeoutSeconds="1")
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
         ("MODIFIED", "a"), ("ADDED", "b"), ("DELETED", "a")]
     assert events[0]["object"]["data"] == {"k": "2"}
 
-    selected = _watch_lines(api, f"{NS}/configmaps", resourceVersion=first["metadata"]["resourceVersion"],
-                            timeoutSeconds="1", labelSelector="pick=me")
+    selected = _watch_lines(api, f"{NS}/configmaps", 1, resourceVersion=first["metadata"]["resourceVersion"],
+                            labelSelector="pick=me")
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in selected] == [("ADDED", "b")]
+    api.post(f"{NS}/configmaps", cm("c"))
 
-    initial = _watch_lines(api, f"{NS}/configmaps", timeoutSeconds="1")
-    assert [(e["type"], e["object"]["metadata"]["name"]) for e in initial] == [("ADDED", "b")]
+    initial = _watch_lines(api, f"{NS}/configmaps", 2)
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in initial] == [("ADDED", "b"), ("ADDED", "c")]
 
 
 def test_watch_from_an_expired_version_is_410(kube_sandbox_factory: Any) -> None:
@@ -359,3 +369,15 @@ def test_custom_resources_are_served_once_the_crd_is_established(api: Api) -> No
 
     api.delete("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/releases.herd.example.com")
     assert api.get(path).status_code == 404
+
+
+def test_a_watch_ends_when_the_client_hangs_up(kube_sandbox_factory: Any) -> None:
+    kube = kube_sandbox_factory(bookmark_interval=0.1)
+    api = Api(kube, kube.identity("admin").token)
+    response = api.get("/api/v1/nodes", params={"watch": "true"}, stream=True)
+    kube.wait_for(lambda: kube.watch_count("Node") == 1)
+
+    response.close()
+    api.session.close()
+
+    kube.wait_for(lambda: kube.watch_count("Node") == 0, timeout=5)
