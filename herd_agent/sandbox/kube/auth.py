@@ -44,9 +44,9 @@ class Identity:
     name: str
     groups: list[str] = field(default_factory=list)
     enforce_rbac: bool = False
-    token: str | None = None
-    cert_pem: bytes | None = None
-    key_pem: bytes | None = None
+    token: str | None = field(default=None, repr=False)  # never in a repr, so never in a log line
+    cert_pem: bytes | None = field(default=None, repr=False)
+    key_pem: bytes | None = field(default=None, repr=False)
 
     @property
     def all_groups(self) -> list[str]:
