@@ -17,7 +17,11 @@ Supported verbs (subset of systemctl(1), same exit codes):
 - ``daemon-reload``, ``reset-failed``: accepted, nothing to do.
 
 State lives under the root: ``/run/herd-sandbox/<unit>.pid`` and ``/var/log/herd-sandbox/<unit>.log``.
-Units are generic (:class:`ExecUnit`); the k3s stand-ins register theirs with :func:`register`.
+
+Units are generic: unit name → :class:`ExecUnit` in :data:`UNITS`. Other sandbox parts (the k3s
+stand-ins) add theirs with :func:`register` in a module named in ``HERD_SANDBOX_UNIT_MODULES``
+(comma-separated; imported by :func:`main` before it dispatches). A unit implemented in Python is
+an ``ExecUnit`` whose binary is ``sys.executable`` with ``args=("-m", "their.module")``.
 """
 
 from __future__ import annotations
@@ -86,6 +90,16 @@ register(ExecUnit(
     binary_env="HERD_SANDBOX_ETCD",
     drop_env_prefixes=("ETCD_",),
 ))
+
+
+def load_unit_modules(environ: dict[str, str] | None = None) -> list[str]:
+    """Import the modules named in ``HERD_SANDBOX_UNIT_MODULES`` (they call :func:`register`)."""
+    import importlib
+
+    names = [n.strip() for n in (environ or os.environ).get("HERD_SANDBOX_UNIT_MODULES", "").split(",") if n.strip()]
+    for name in names:
+        importlib.import_module(name)
+    return names
 
 
 def parse_env_file(text: str) -> dict[str, str]:
@@ -265,6 +279,7 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
         print("usage: systemctl [--root DIR] VERB [UNIT...]", file=sys.stderr)
         return 1
     verb, units = rest[0], rest[1:]
+    load_unit_modules()
     ctl = Systemctl(HostRoot(root_dir))
     if verb in ("daemon-reload", "reset-failed"):
         return 0

@@ -68,3 +68,16 @@ def test_start_failure_reports_the_log_tail(tmp_path, toolchain):
     ctl = sc.Systemctl(root, {"PATH": f"{toolchain.bindir}:/usr/bin:/bin"})
     ok, msg = ctl.start(UNIT)
     assert not ok and "process exited" in msg and "bogus" in msg
+
+
+@pytest.mark.allow_subprocess
+def test_units_registered_by_other_modules(tmp_path, monkeypatch):
+    monkeypatch.setenv("HERD_SANDBOX_UNIT_MODULES", "tests.etcd.sandbox_units")
+    root = ["--root", str(tmp_path)]
+    try:
+        assert sc.main([*root, "start", "sleeper.service"]) == 0
+        assert sc.main([*root, "is-active", "sleeper.service"], out=lambda _: None) == 0
+        assert sc.main([*root, "stop", "sleeper.service"]) == 0
+        assert sc.main([*root, "is-active", "sleeper.service"], out=lambda _: None) == sc.EXIT_INACTIVE
+    finally:
+        sc.Systemctl(HostRoot(tmp_path)).kill("sleeper.service", 9)
