@@ -346,6 +346,9 @@ class ApiServer:
             raise errors.method_not_allowed()
         self.authz.check(identity, Request(verb=verb, group=group, resource=rtype.plural, subresource=sub or "",
                                            namespace=namespace or "", name=name or "", path=path))
+        served = rtype.subresource(sub).verbs if sub else rtype.verbs  # type: ignore[union-attr]
+        if verb not in served and not (verb == "watch" and "watch" in rtype.verbs):
+            raise errors.method_not_allowed()
         accept = h.headers.get("Accept", "")
         if verb == "watch":
             self._watch(h, rtype, namespace, name, query, accept)

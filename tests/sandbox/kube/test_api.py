@@ -381,3 +381,12 @@ def test_a_watch_ends_when_the_client_hangs_up(kube_sandbox_factory: Any) -> Non
     api.session.close()
 
     kube.wait_for(lambda: kube.watch_count("Node") == 0, timeout=5)
+
+
+def test_verbs_a_resource_does_not_serve_are_405(kube_sandbox: KubeSandbox, api: Api) -> None:
+    kube_sandbox.add_node("node-a")
+    kube_sandbox.create(bare_pod("p", "node-a"))
+    assert api.get(f"{NS}/pods/p/eviction").status_code == 405
+    assert api.get("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews").status_code == 405
+    assert api.post(f"{NS}/pods/p", bare_pod("p")).status_code == 405
+    assert api.get(f"{NS}/pods/p/status").json()["metadata"]["name"] == "p"
