@@ -20,6 +20,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 
 from herd_agent.errors import ExitCode, HerdError
@@ -53,7 +54,7 @@ class MembershipLock:
     """
 
     def __init__(self, client: EtcdClient, key: str, holder: str, *, ttl_s: int = 15, wait_s: float = 600.0,
-                 clock=time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
         self.key = key
         self.holder = holder
