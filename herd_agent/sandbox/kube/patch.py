@@ -10,7 +10,8 @@
   (``NodeSpec.taints`` has none: kubectl taint sends the whole new list);
 - JSON patch (RFC 6902), ``application/json-patch+json``;
 - server-side apply, ``application/apply-patch+yaml``: applied here as a strategic merge of the
-  applied configuration (no managedFields bookkeeping, no field-ownership conflicts).
+  applied configuration, after removing the map fields the same field manager applied last time
+  and no longer applies (no managedFields, no field-ownership conflicts).
 """
 
 from __future__ import annotations
@@ -59,6 +60,25 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             result[key] = merge_patch(result.get(key), value)
     return result
+
+
+def dropped_fields(previous: Any, current: Any) -> dict[str, Any]:
+    """A merge patch removing the map fields a manager applied before and no longer applies.
+
+    Server-side apply removes fields the same field manager stopped applying; this models it
+    for maps (recursively). Lists are left to the strategic merge of the new configuration.
+    """
+    if not isinstance(previous, dict) or not isinstance(current, dict):
+        return {}
+    removal: dict[str, Any] = {}
+    for key, value in previous.items():
+        if key not in current:
+            removal[key] = None
+        elif isinstance(value, dict) and isinstance(current[key], dict):
+            nested = dropped_fields(value, current[key])
+            if nested:
+                removal[key] = nested
+    return removal
 
 
 def _merge_key(path: tuple[str, ...]) -> str | None:

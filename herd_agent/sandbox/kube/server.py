@@ -600,7 +600,9 @@ class ApiServer:
                 if kind == "apply" and sub is None and isinstance(doc, dict):
                     self._check_kind(rtype, doc)
                     doc.setdefault("metadata", {})["name"] = name
-                    h.send_json(201, self.store.create(rtype, namespace, doc))
+                    created = self.store.create(rtype, namespace, doc)
+                    self.store.remember_applied(created["metadata"]["uid"], query["fieldManager"], doc)
+                    h.send_json(201, created)
                     return
                 raise errors.not_found(rtype.plural, rtype.group, name)
             base: Any = self._scale(rtype, current) if sub == "scale" else current
@@ -610,6 +612,11 @@ class ApiServer:
                 result = patch.json_patch(base, doc)
             elif kind == "strategic" and rtype.group not in BUILTIN_GROUPS:
                 raise errors.unsupported_media_type(content_type)  # as for custom resources
+            elif kind == "apply":
+                uid, manager = current["metadata"]["uid"], query["fieldManager"]
+                dropped = patch.dropped_fields(self.store.applied(uid, manager), doc)
+                result = patch.strategic_merge(patch.merge_patch(base, dropped), doc)
+                self.store.remember_applied(uid, manager, doc)
             else:
                 result = patch.strategic_merge(base, doc)
             if not isinstance(result, dict):

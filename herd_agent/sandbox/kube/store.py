@@ -117,6 +117,7 @@ class Store:
         self._listeners: list[Callable[[Event], None]] = []
         self._admission: dict[TypeKey, list[Admission]] = {}
         self._due: dict[tuple[TypeKey, ObjKey], tuple[float, str]] = {}
+        self._applied: dict[str, dict[str, Obj]] = {}  # uid → field manager → last applied configuration
         self.changed = threading.Condition(self.lock)
 
     # -- plumbing -----------------------------------------------------------------------
@@ -376,10 +377,21 @@ class Store:
         due = self._due.get((key, okey))
         return due is not None and due[0] > time.monotonic()
 
+    def applied(self, uid: str, manager: str) -> Obj | None:
+        """The configuration ``manager`` last applied (server-side apply) to the object ``uid``."""
+        with self.lock:
+            return self._applied.get(uid, {}).get(manager)
+
+    def remember_applied(self, uid: str, manager: str, config: Obj) -> None:
+        """Record what ``manager`` applied to ``uid`` (forgotten when the object is removed)."""
+        with self.lock:
+            self._applied.setdefault(uid, {})[manager] = copy.deepcopy(config)
+
     def _remove(self, key: TypeKey, okey: ObjKey, obj: Obj) -> Obj:
         bucket = self._bucket(key)
         old = bucket.pop(okey, None)
         self._by_uid.pop(obj["metadata"]["uid"], None)
+        self._applied.pop(obj["metadata"]["uid"], None)
         self._due.pop((key, okey), None)
         if obj["metadata"]["resourceVersion"] == (old or {}).get("metadata", {}).get("resourceVersion"):
             obj = copy.deepcopy(obj)

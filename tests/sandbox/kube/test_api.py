@@ -281,6 +281,10 @@ def test_server_side_apply_creates_then_updates(api: Api) -> None:
     updated = api.patch(f"{NS}/configmaps/applied", doc.replace("'1'", "'2'"), kind="apply",
                         params={"fieldManager": "helm"})
     assert updated.status_code == 200 and updated.json()["data"] == {"a": "2"}
+    api.patch(f"{NS}/configmaps/applied", {"data": {"kept": "x"}})  # another writer's field
+    dropped = api.patch(f"{NS}/configmaps/applied", doc.replace("  a: '1'\n", "  b: '3'\n"), kind="apply",
+                        params={"fieldManager": "helm"})
+    assert dropped.json()["data"] == {"b": "3", "kept": "x"}  # helm stopped applying "a": it goes
     assert api.patch(f"{NS}/configmaps/applied", doc, kind="apply").status_code == 400  # fieldManager required
 
 
