@@ -92,6 +92,20 @@ register(ExecUnit(
 ))
 
 
+# The k3s stand-in (herd_agent/sandbox/k3s.py) for server and agent units; real k3s units read
+# the same optional EnvironmentFile=-/etc/systemd/system/<unit>.env.
+for _unit, _mode in (("k3s.service", "server"), ("k3s-agent.service", "agent")):
+    register(ExecUnit(
+        name=_unit,
+        binary=sys.executable,
+        args=("-m", "herd_agent.sandbox.k3s", _mode),
+        env_file=f"/etc/systemd/system/{_unit}.env",
+        ready_line="k3s is up and running",
+        start_timeout_s=120.0,
+        stop_timeout_s=30.0,
+    ))
+
+
 def load_unit_modules(environ: dict[str, str] | None = None) -> list[str]:
     """Import the modules named in ``HERD_SANDBOX_UNIT_MODULES`` (they call :func:`register`)."""
     import importlib
@@ -184,6 +198,7 @@ class Systemctl:
             return False, f"{spec.binary}: not found on PATH"
         env = {k: v for k, v in self.environ.items() if not k.startswith(spec.drop_env_prefixes or ("\0",))}
         env.update(unit_env)
+        env["HERD_AGENT_ROOT"] = str(self.root.root)  # stand-ins written in Python find their instance
         log_path = self.log_file(unit)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         offset = log_path.stat().st_size if log_path.exists() else 0
