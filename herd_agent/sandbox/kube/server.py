@@ -138,19 +138,19 @@ class _Handler(BaseHTTPRequestHandler):
         return b""
 
     def _authenticate(self) -> Identity:
+        """Client certificate first, then bearer token, as kube-apiserver's authenticator union orders them."""
         api = self.server.api
-        header = self.headers.get("Authorization", "")
-        if header.lower().startswith("bearer "):
-            identity = api.authn.from_token(header[7:].strip())
-            if identity is not None:
-                return identity
-            raise ApiError(401, "Unauthorized", "Unauthorized")
         if isinstance(self.connection, ssl.SSLSocket):
             cert = self.connection.getpeercert()
             if cert:
                 identity = api.authn.from_cert_subject(cert.get("subject", ()))
                 if identity is not None:
                     return identity
+        header = self.headers.get("Authorization", "")
+        if header.lower().startswith("bearer "):
+            identity = api.authn.from_token(header[7:].strip())
+            if identity is not None:
+                return identity
         raise ApiError(401, "Unauthorized", "Unauthorized")
 
     # -- responses ----------------------------------------------------------------------
