@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from herd_agent.errors import ExitCode, HerdError
 from herd_agent.etcd.client import EtcdClient, Member, MemberNotFound, member_id_hex
 from herd_agent.etcd.quorum import Verdict, healthy_voters, removal_verdict
 from herd_agent.etcd.status import collect_statuses
@@ -59,6 +60,12 @@ class InstanceInfo:
     state: str
     private_dns_name: str = ""
     name_tag: str = ""
+
+
+class CloudTruthUnavailable(HerdError):
+    """The instance oracle failed (EC2 throttled, unreachable, access denied): no stale decision."""
+
+    exit_code = ExitCode.UNAVAILABLE
 
 
 class InstanceOracle(Protocol):
@@ -309,13 +316,19 @@ def gc_once(
         status_timeout_s: per-member status timeout, seconds.
 
     Raises:
+        CloudTruthUnavailable: the oracle failed; nothing was decided or removed.
         EtcdError: the cluster did not answer (a removal refused by etcd's own guard after
             its retries, too).
     """
     _, members = client.member_list(linearizable=False)  # must work when quorum is lost
     names = [m.name for m in members if m.name]
     ips = [m.peer_host for m in members if m.peer_host]
-    instances = oracle.describe(names, ips)
+    try:
+        instances = oracle.describe(names, ips)
+    except HerdError:
+        raise
+    except Exception as exc:  # botocore raises many types; none of them may remove a member
+        raise CloudTruthUnavailable(f"cannot ask the cloud about etcd members: {exc}") from exc
     now = clock()
     seen, candidates = assess(members, instances, load_seen(root, state_file), now,
                               stale_grace_s=stale_grace_s, unstarted_grace_s=unstarted_grace_s, self_id=self_id)

@@ -40,7 +40,7 @@ from herd_agent.etcd.client import (
     MemberNotLearner,
     member_id_hex,
 )
-from herd_agent.etcd.gc import GcResult, InstanceOracle, gc_once
+from herd_agent.etcd.gc import CloudTruthUnavailable, GcResult, InstanceOracle, gc_once
 from herd_agent.etcd.journal import (
     IdentityRecord,
     data_dir_in_use,
@@ -367,9 +367,15 @@ class Membership:
         removed: list[int] = []
         for _ in range(16):
             lock.check()
-            result = gc_once(client, oracle, self.root, state_file=self.settings.gc_state_file,
-                             stale_grace_s=self.settings.stale_grace_s,
-                             unstarted_grace_s=self.settings.unstarted_grace_s, clock=self.clock)
+            try:
+                result = gc_once(client, oracle, self.root, state_file=self.settings.gc_state_file,
+                                 stale_grace_s=self.settings.stale_grace_s,
+                                 unstarted_grace_s=self.settings.unstarted_grace_s, clock=self.clock)
+            except CloudTruthUnavailable as exc:
+                # Joining adds a learner, which costs no vote; etcd still refuses the add while a
+                # dead voter is present, so skipping the cleanup cannot hurt quorum.
+                log.warning("skipping the stale-member pass before joining: %s", exc)
+                break
             if result.removed is None:
                 break
             removed.append(result.removed.member.id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from herd_agent.etcd.gc import gc_once
+from herd_agent.etcd.gc import CloudTruthUnavailable, gc_once
 from tests.etcd.harness import healthy_voters_equal, wait_for
 
 pytestmark = pytest.mark.allow_subprocess
@@ -100,3 +100,25 @@ def test_dry_run_removes_nothing(lab):
     result = _gc(lab, a, dry_run=True)
     assert result.removed is not None and result.removed.member.name == c.name
     assert {m.name for m in lab.client(exclude=c).member_list()[1]} == {a.name, b.name, c.name}
+
+
+class _DownOracle:
+    def describe(self, names, ips):
+        raise ConnectionError("EC2 endpoint unreachable")
+
+
+def test_cloud_outage_decides_nothing_and_does_not_block_joins(lab):
+    a = lab.found()
+    with pytest.raises(CloudTruthUnavailable, match="EC2 endpoint unreachable"):
+        gc_once(lab.client(), _DownOracle(), a.root, state_file=STATE, stale_grace_s=1, unstarted_grace_s=1)
+    b = lab.launch()
+    b.membership.join([a.client_url], oracle=_DownOracle())  # the learner costs no vote: join anyway
+    wait_for(lambda: healthy_voters_equal(lab, [a, b]), what="b joined without cloud truth")
+
+
+def test_ec2_oracle_answers_by_id_and_ip_including_terminated(lab):
+    x, y = lab.launch(), lab.launch()
+    lab.terminate(y)
+    found = {i.instance_id: i for i in lab.oracle().describe([x.name, y.name, "not-an-id"], [x.ip])}
+    assert found[x.name].state == "running" and found[x.name].private_ip == x.ip
+    assert found[y.name].state == "terminated"
