@@ -139,7 +139,7 @@ def render_env(settings: EtcdSettings, identity: Identity, initial_cluster: str,
     """
     client = settings.client_url(identity.ip)
     listen_client = [client]
-    if settings.listen_localhost and identity.ip != "127.0.0.1":
+    if settings.listen_localhost and not identity.ip.startswith("127."):  # sandbox instances are 127.x
         listen_client.append(f"{settings.scheme}://127.0.0.1:{settings.client_port}")
     env = {
         "ETCD_NAME": identity.name,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 
@@ -103,3 +104,21 @@ def test_etcd_group_is_registered_and_lazy():
         capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
     assert "stale" in CliRunner().invoke(cli, ["etcd", "--help"]).output
+
+
+def test_two_join_processes_at_once(lab):
+    """Two agent processes (the real CLI, separate interpreters) race for the lock and both join."""
+    a = lab.found()
+    procs = []
+    joiners = [lab.launch(), lab.launch()]
+    for inst in joiners:
+        _config(inst, lab)
+        env = {**os.environ, **inst.runner.env}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "herd_agent", "--root", str(inst.root.root), "etcd", "--ip", inst.ip,
+             "--name", inst.name, "join", "--peer", a.client_url, "--no-gc"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    wait_for(lambda: healthy_voters_equal(lab, [a, *joiners]), what="both processes joined")
+    assert any("is held by" in err for _, err in outputs)  # one of them waited for the other

@@ -121,6 +121,8 @@ def test_env_file_for_joiner():
     assert lines["ETCD_ADVERTISE_CLIENT_URLS"] == "http://10.0.1.5:2379"
     assert lines["ETCD_DATA_DIR"] == "/var/lib/etcd"
     assert lines["ETCD_HEARTBEAT_INTERVAL"] == "20"
+    sandbox = render_env(s, Identity("i-0abc", "127.0.5.5"), "x", "new")  # many members share 127.0.0.1
+    assert "ETCD_LISTEN_CLIENT_URLS=http://127.0.5.5:2379\n" in sandbox
 
 
 # --- stale decisions ---
