@@ -9,7 +9,7 @@ resources get rows at run time when a CustomResourceDefinition is Established.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 ALL_VERBS: tuple[str, ...] = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 
@@ -50,6 +50,8 @@ class ResourceType:
             and ``metadata.namespace`` (the real server also limits them per type).
         categories: discovery categories (``all``).
         printer_columns: extra Table columns as (name, type, JSON path) beyond Name and Age.
+        storage_group: the group whose ``v1`` row stores these objects when another group's
+            row does (events.k8s.io Events are stored as core v1 Events; see convert.py).
     """
 
     group: str
@@ -63,7 +65,7 @@ class ResourceType:
     field_selectors: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()
     printer_columns: tuple[tuple[str, str, str], ...] = ()
-    storage_group: str | None = field(default=None, compare=False)
+    storage_group: str | None = None
 
     @property
     def api_version(self) -> str:
@@ -83,7 +85,7 @@ class ResourceType:
     @property
     def key(self) -> tuple[str, str]:
         """Storage key of the type: objects are shared by every version of (group, plural)."""
-        return (self.group, self.plural)
+        return (self.group if self.storage_group is None else self.storage_group, self.plural)
 
     def subresource(self, name: str) -> Subresource | None:
         """The subresource called ``name`` or None."""
@@ -122,7 +124,8 @@ def _builtin() -> list[ResourceType]:
                             "involvedObject.fieldPath", "reason", "reportingComponent", "source", "type")),
         rt("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", True, ("pvc",), (STATUS,)),
         rt("events.k8s.io", "v1", "Event", "events", True, ("ev",),
-           field_selectors=("regarding.kind", "regarding.name", "regarding.namespace", "reason", "type")),
+           field_selectors=("regarding.kind", "regarding.name", "regarding.namespace", "regarding.uid",
+                            "reason", "reportingController", "type"), storage_group=""),
         rt("coordination.k8s.io", "v1", "Lease", "leases", True,
            printer_columns=(("Holder", "string", "spec.holderIdentity"),)),
         rt("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", True, ("pdb",), (STATUS,),
@@ -186,6 +189,12 @@ class Registry:
                 if row.group == group and row.kind == kind:
                     return row
         return None
+
+    def storage_type(self, rtype: ResourceType) -> ResourceType:
+        """The row whose form objects of ``rtype`` are stored in (``rtype`` itself for most types)."""
+        if rtype.storage_group is None:
+            return rtype
+        return self.get(rtype.storage_group, "v1", rtype.plural) or rtype
 
     def for_key(self, key: tuple[str, str]) -> ResourceType | None:
         """A row (any version) for a storage key (group, plural)."""

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from herd_agent.sandbox.kube import defaults
+from herd_agent.sandbox.kube import convert, defaults
 from herd_agent.sandbox.kube.auth import Authenticator, Authorizer, Identity, service_account_user
 from herd_agent.sandbox.kube.controllers import World
 from herd_agent.sandbox.kube.errors import ApiError
@@ -270,7 +270,8 @@ class KubeSandbox:
     def get(self, kind: str, name: str, namespace: str | None = None, api_version: str | None = None) -> Obj:
         """A copy of one object. Raises ApiError 404 when missing."""
         rtype = self.resource_type(kind, api_version)
-        return self.store.get(rtype, namespace or ("default" if rtype.namespaced else None), name)
+        obj = self.store.get(rtype, namespace or ("default" if rtype.namespaced else None), name)
+        return convert.from_storage(rtype, obj)
 
     def find(self, kind: str, name: str, namespace: str | None = None, api_version: str | None = None) -> Obj | None:
         """A copy of one object, or None when missing."""
@@ -284,8 +285,10 @@ class KubeSandbox:
     def list(self, kind: str, namespace: str | None = None, api_version: str | None = None,
              where: Callable[[Obj], bool] | None = None) -> list[Obj]:
         """Copies of the objects of a kind (all namespaces when ``namespace`` is None)."""
-        items, _ = self.store.list_ref(self.resource_type(kind, api_version), namespace, where)
-        return copy.deepcopy(items)
+        rtype = self.resource_type(kind, api_version)
+        items, _ = self.store.list_ref(rtype, namespace)
+        served = [convert.from_storage(rtype, o) for o in items]
+        return copy.deepcopy([o for o in served if where is None or where(o)])
 
     def modify(self, kind: str, name: str, change: Callable[[Obj], Obj | None], namespace: str | None = None,
                api_version: str | None = None, status: bool = False) -> Obj | None:

@@ -31,7 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from herd_agent.sandbox.kube import discovery, disruption, errors, patch, protobuf
+from herd_agent.sandbox.kube import convert, discovery, disruption, errors, patch, protobuf
 from herd_agent.sandbox.kube.auth import Authenticator, Authorizer, Identity, Request, service_account_user
 from herd_agent.sandbox.kube.errors import ApiError
 from herd_agent.sandbox.kube.resources import BUILTIN_GROUPS, ResourceType
@@ -356,7 +356,7 @@ class ApiServer:
             self._list(h, rtype, namespace, query, accept)
         elif verb == "get":
             assert name is not None
-            obj = self.store.get_ref(rtype, namespace, name)
+            obj = convert.from_storage(rtype, self.store.get_ref(rtype, namespace, name))
             if sub == "scale":
                 h.send_json(200, self._scale(rtype, obj))
             elif _wants(accept, "Table") and sub is None:
@@ -391,7 +391,12 @@ class ApiServer:
 
     def _predicate(self, rtype: ResourceType, query: dict[str, str], name: str | None = None) -> Any:
         labels = parse_label_selector(query.get("labelSelector"))
-        fields = parse_field_selector(query.get("fieldSelector"), rtype.field_selectors, rtype.kind)
+        served_fields = parse_field_selector(query.get("fieldSelector"), rtype.field_selectors, rtype.kind)
+        if rtype.storage_group is None:
+            fields = served_fields
+        else:  # selectors name the served form's fields
+            def fields(o: Obj) -> bool:
+                return served_fields(convert.from_storage(rtype, o))
         if name:
             return lambda o: o["metadata"]["name"] == name and labels(o) and fields(o)
         return lambda o: labels(o) and fields(o)
@@ -399,6 +404,7 @@ class ApiServer:
     def _list(self, h: _Handler, rtype: ResourceType, namespace: str | None, query: dict[str, str],
               accept: str) -> None:
         items, rv = self.store.list_ref(rtype, namespace if rtype.namespaced else None, self._predicate(rtype, query))
+        items = [convert.from_storage(rtype, o) for o in items]
         meta: dict[str, Any] = {"resourceVersion": str(rv)}
         limit = _int(query, "limit")
         token = query.get("continue")
@@ -445,6 +451,7 @@ class ApiServer:
             return
 
         def encode(etype: str, obj: Obj) -> bytes:
+            obj = convert.from_storage(rtype, obj)
             if as_table and etype != "BOOKMARK":
                 obj = discovery.table(rtype, [obj], obj["metadata"]["resourceVersion"],
                                       query.get("includeObject", "Metadata"))
@@ -520,7 +527,7 @@ class ApiServer:
         if rtype.kind == "SelfSubjectAccessReview":
             h.send_json(201, self._access_review(identity, body))
             return
-        h.send_json(201, self.store.create(rtype, namespace, body))
+        h.send_json(201, convert.from_storage(rtype, self.store.create(rtype, namespace, body)))
 
     def _access_review(self, identity: Identity, body: dict[str, Any]) -> dict[str, Any]:
         """Answer a SelfSubjectAccessReview (``kubectl auth can-i``) with the RBAC authorizer."""
@@ -578,7 +585,8 @@ class ApiServer:
             h.send_json(200, self._scale(rtype, result))
             return
         self._check_kind(rtype, body)
-        h.send_json(200, self.store.update(rtype, namespace, name, body, subresource=sub))
+        h.send_json(200, convert.from_storage(rtype, self.store.update(rtype, namespace, name, body,
+                                                                        subresource=sub)))
 
     def _patch(self, h: _Handler, rtype: ResourceType, namespace: str | None, name: str, sub: str | None,
                body: bytes, content_type: str, query: dict[str, str]) -> None:
@@ -602,10 +610,10 @@ class ApiServer:
                     doc.setdefault("metadata", {})["name"] = name
                     created = self.store.create(rtype, namespace, doc)
                     self.store.remember_applied(created["metadata"]["uid"], query["fieldManager"], doc)
-                    h.send_json(201, created)
+                    h.send_json(201, convert.from_storage(rtype, created))
                     return
                 raise errors.not_found(rtype.plural, rtype.group, name)
-            base: Any = self._scale(rtype, current) if sub == "scale" else current
+            base: Any = self._scale(rtype, current) if sub == "scale" else convert.from_storage(rtype, current)
             if kind == "merge":
                 result = patch.merge_patch(base, doc)
             elif kind == "json":
@@ -629,7 +637,8 @@ class ApiServer:
                 h.send_json(200, self._scale(rtype, updated))
                 return
             check = (result.get("metadata") or {}).get("resourceVersion") != current["metadata"]["resourceVersion"]
-            h.send_json(200, self.store.update(rtype, namespace, name, result, subresource=sub, check_version=check))
+            updated = self.store.update(rtype, namespace, name, result, subresource=sub, check_version=check)
+            h.send_json(200, convert.from_storage(rtype, updated))
 
     @staticmethod
     def _delete_options(query: dict[str, str], body: bytes) -> tuple[int | None, dict[str, str] | None]:
@@ -653,7 +662,7 @@ class ApiServer:
                               "details": {"name": name, "group": rtype.group, "kind": rtype.plural,
                                           "uid": obj["metadata"]["uid"]}})
         else:
-            h.send_json(200, obj)
+            h.send_json(200, convert.from_storage(rtype, obj))
 
     def _delete_collection(self, h: _Handler, rtype: ResourceType, namespace: str | None, query: dict[str, str],
                            body: bytes) -> None:
@@ -668,4 +677,5 @@ class ApiServer:
                 if exc.code != 404:
                     raise
         h.send_json(200, {"kind": rtype.list_kind, "apiVersion": rtype.api_version,
-                          "metadata": {"resourceVersion": str(self.store.revision)}, "items": done})
+                          "metadata": {"resourceVersion": str(self.store.revision)},
+                          "items": [convert.from_storage(rtype, o) for o in done]})

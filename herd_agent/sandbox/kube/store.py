@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from herd_agent.sandbox.kube import errors
+from herd_agent.sandbox.kube import convert, errors
 from herd_agent.sandbox.kube.errors import ApiError
 from herd_agent.sandbox.kube.resources import Registry, ResourceType
 
@@ -238,7 +238,8 @@ class Store:
             ApiError: 409 AlreadyExists, 404 when the namespace does not exist, 422 Invalid name,
                 403 when the namespace is terminating, 400 on a namespace mismatch.
         """
-        obj = copy.deepcopy(obj)
+        obj = copy.deepcopy(convert.to_storage(rtype, obj))
+        rtype = self.registry.storage_type(rtype)
         meta = obj.setdefault("metadata", {})
         if rtype.namespaced:
             body_ns = meta.get("namespace")
@@ -294,7 +295,8 @@ class Store:
             ApiError: 404 NotFound; 409 Conflict when ``metadata.resourceVersion`` is set and stale
                 (or the uid differs); 400 when the body names another object.
         """
-        obj = copy.deepcopy(obj)
+        obj = copy.deepcopy(convert.to_storage(rtype, obj))
+        rtype = self.registry.storage_type(rtype)
         meta = obj.setdefault("metadata", {})
         if meta.get("name") and meta["name"] != name:
             raise errors.bad_request(f'the name of the object ({meta["name"]}) does not match the name on the URL '

@@ -394,3 +394,21 @@ def test_verbs_a_resource_does_not_serve_are_405(kube_sandbox: KubeSandbox, api:
     assert api.get("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews").status_code == 405
     assert api.post(f"{NS}/pods/p", bare_pod("p")).status_code == 405
     assert api.get(f"{NS}/pods/p/status").json()["metadata"]["name"] == "p"
+
+
+def test_events_are_one_set_behind_both_apis(api: Api) -> None:
+    legacy = {"apiVersion": "v1", "kind": "Event", "metadata": {"name": "n.1"}, "reason": "Draining",
+              "message": "drains", "type": "Normal", "involvedObject": {"kind": "Node", "name": "n"},
+              "source": {"component": "herd-agent"}, "count": 2}
+    api.post(f"{NS}/events", legacy)
+
+    served = api.get("/apis/events.k8s.io/v1/namespaces/default/events/n.1").json()
+
+    assert served["apiVersion"] == "events.k8s.io/v1" and served["eventTime"] is None
+    assert (served["note"], served["regarding"], served["deprecatedSource"], served["deprecatedCount"]) == (
+        "drains", {"kind": "Node", "name": "n"}, {"component": "herd-agent"}, 2)
+    listed = api.get("/apis/events.k8s.io/v1/namespaces/default/events",
+                     params={"fieldSelector": "regarding.name=n"}).json()
+    assert listed["kind"] == "EventList" and [e["note"] for e in listed["items"]] == ["drains"]
+    api.patch("/apis/events.k8s.io/v1/namespaces/default/events/n.1", {"note": "drained"})
+    assert api.get(f"{NS}/events/n.1").json()["message"] == "drained"

@@ -158,6 +158,11 @@ def test_create_events(cluster: KubeSandbox, kube_client: Client) -> None:
                                reportingController="herd-agent", reportingInstance="i-1", type="Normal",
                                regarding=ref, note="left"))
     assert kube_client.get(EventV1, "node-a.leave", namespace="default").note == "left"
+    # one set of Events behind both APIs, with the fields mapped
+    core = kube_client.get(Event, "node-a.leave", namespace="default")
+    assert (core.message, core.involvedObject.name, core.reportingComponent) == ("left", "node-a", "herd-agent")
+    both = list(kube_client.list(Event, namespace="default", fields={"involvedObject.name": "node-a"}))
+    assert sorted(e.reason for e in both) == ["Draining", "Left"]
 
 
 def test_lease_get_create_replace_and_409(kube_client: Client) -> None:
