@@ -43,6 +43,9 @@ PID_DIR = "/run/herd-sandbox"
 LOG_DIR = "/var/log/herd-sandbox"
 EXIT_INACTIVE = 3  # systemctl is-active: "program is not running" (LSB)
 EXIT_NO_UNIT = 5  # systemctl: unit not found
+SYSTEM_STATE_FILE = "/run/herd-sandbox/system-state"
+# Host services the agent may restart that the sandbox does not model (restarting them is a no-op).
+HOST_UNITS = frozenset({"systemd-logind.service"})
 
 
 @dataclass(frozen=True)
@@ -298,11 +301,34 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
     ctl = Systemctl(HostRoot(root_dir))
     if verb in ("daemon-reload", "reset-failed"):
         return 0
+    if verb == "is-system-running":
+        # The instance's system state (running, stopping, ...) as systemctl prints it; the
+        # sandbox sets "stopping" in /run/herd-sandbox/system-state to model a shutdown.
+        state = ctl.root.read_text(SYSTEM_STATE_FILE, default="running\n").strip() or "running"
+        out(state)
+        return 0 if state == "running" else 1
     status = 0
     for unit in units:
+        if unit in HOST_UNITS and verb in ("try-restart", "restart", "reload", "try-reload-or-restart"):
+            continue  # a host service the sandbox does not model; nothing to restart
         if unit not in UNITS:
             print(f"Unit {unit} not found.", file=sys.stderr)
             return EXIT_NO_UNIT
+        if verb in ("enable", "disable"):
+            marker = f"/etc/systemd/system/multi-user.target.wants/{unit}"
+            if verb == "enable":
+                ctl.root.write(marker, f"{unit}\n", mode=0o644)
+            else:
+                ctl.root.remove(marker)
+            continue
+        if verb == "try-restart":
+            if ctl.is_active(unit):
+                ctl.stop(unit)
+                ok, msg = ctl.start(unit)
+                if not ok:
+                    print(f"Job for {unit} failed. {msg}", file=sys.stderr)
+                    status = 1
+            continue
         if verb == "start":
             ok, msg = ctl.start(unit)
         elif verb == "stop":
