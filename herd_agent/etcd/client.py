@@ -118,6 +118,11 @@ class NotLeader(EtcdError):
     """``etcdserver: not leader`` (gRPC 14): transfer-leadership was sent to a follower."""
 
 
+class LearnerEndpoint(EtcdError):
+    """``etcdserver: rpc not supported for learner`` (gRPC 14): the endpoint is a learner, which
+    serves no client requests but status; another endpoint must answer."""
+
+
 # (message fragment, class); the first fragment found in etcd's message wins.
 _BY_MESSAGE: tuple[tuple[str, type[EtcdError]], ...] = (
     ("unhealthy cluster", UnhealthyCluster),
@@ -130,6 +135,7 @@ _BY_MESSAGE: tuple[tuple[str, type[EtcdError]], ...] = (
     ("can only promote a learner member", MemberNotLearner),
     ("bad leader transferee", BadLeaderTransferee),
     ("not leader", NotLeader),
+    ("rpc not supported for learner", LearnerEndpoint),
 )
 
 RETRYABLE: tuple[type[EtcdError], ...] = (UnhealthyCluster, TooManyLearners, LearnerNotInSync,
@@ -393,7 +399,8 @@ class EtcdClient:
         for endpoint in list(self.endpoints):
             try:
                 result = self.post_one(endpoint, path, body, timeout_s)
-            except EtcdUnreachable as exc:
+            except (EtcdUnreachable, LearnerEndpoint) as exc:
+                # A learner (e.g. a peer that is joining right now) answers no client RPC: move on.
                 failures.append(str(exc))
                 continue
             if endpoint != self.endpoints[0]:
