@@ -62,6 +62,9 @@ def reset_clients() -> None:
 def translate(exc: Exception, action: str) -> Exception:
     """Map a botocore ``ClientError`` to :class:`AwsError` with a message that names the fix.
 
+    Args:
+        action: the IAM action, e.g. ``ec2:DescribeInstances``.
+
     Returns the original exception for anything else.
     """
     response = getattr(exc, "response", None)
@@ -72,8 +75,8 @@ def translate(exc: Exception, action: str) -> Exception:
     message = str(err.get("Message", ""))
     if code in ACCESS_DENIED_CODES:
         return AwsError(
-            f"AWS refused {action} ({code}): allow {action} in the instance role's IAM policy "
-            f"(ami/iam-policy.json). AWS said: {message}",
+            f"AWS refused {action} ({code}): allow {action} in the instance role's IAM policy. "
+            f"AWS said: {message}",
             code=code, action=action, exit_code=ExitCode.NO_PERM,
         )
     return AwsError(f"{action} failed: {code}: {message}", code=code, action=action)
@@ -92,7 +95,8 @@ def call(service_client: Any, action: str, **kwargs: Any) -> Any:
     try:
         return method(**kwargs)
     except Exception as exc:
-        translated = translate(exc, action)
+        prefix = getattr(getattr(getattr(service_client, "meta", None), "service_model", None), "signing_name", "")
+        translated = translate(exc, f"{prefix}:{action}" if prefix else action)
         if translated is exc:
             raise
         raise translated from exc

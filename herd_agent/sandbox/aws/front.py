@@ -21,6 +21,7 @@ from herd_agent.sandbox.aws.throttle import Throttler
 from herd_agent.sandbox.aws.wire import (
     ParsedRequest,
     Reply,
+    access_denied_reply,
     empty_result_reply,
     error_reply,
     parse_request,
@@ -71,8 +72,11 @@ class AwsFront:
                 reply = self._call_moto(environ)
             return self._send(start_response, reply)
         started = time.time()
-        throttled = self._throttler.should_throttle(req.service, req.action)
-        if throttled:
+        caller = self._caller_of(req.access_key_id)
+        throttled = False
+        if self._throttler.denied(req.service, req.action, caller):
+            reply = access_denied_reply(req, caller)
+        elif throttled := self._throttler.should_throttle(req.service, req.action):
             reply = throttle_reply(req)
         else:
             reply = self._dispatch(req, environ)
@@ -81,7 +85,7 @@ class AwsFront:
             Call(
                 service=req.service,
                 action=req.action,
-                caller=self._caller_of(req.access_key_id),
+                caller=caller,
                 access_key_id=req.access_key_id,
                 instance_ids=req.instance_ids(),
                 time=started,

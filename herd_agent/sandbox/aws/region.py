@@ -466,8 +466,13 @@ class Region:
         """Answer ``service``/``action`` calls with the real throttling error (see :class:`Throttler`)."""
         self.throttler.set(service, action, rate=rate, burst=burst)
 
+    def deny(self, service: str, action: str, caller: str | None = None) -> None:
+        """Answer ``service``/``action`` (``"*"``: all) from ``caller`` (an instance id, ``"operator"``;
+        None: everyone) with the service's access-denied error, as a missing IAM permission would."""
+        self.throttler.deny(service, action, caller)
+
     def clear_throttles(self) -> None:
-        """Stop every injected throttling."""
+        """Stop every injected throttling and denial."""
         self.throttler.clear()
 
     def calls(self, **filters: Any) -> list[Call]:

@@ -1,4 +1,5 @@
-"""Throttling injection: per action, a rate (fraction of calls) or a burst (the next N calls)."""
+"""Fault injection for AWS calls: throttling per action (a rate or a burst of the next N calls),
+and access denial per action and caller (what a missing IAM permission looks like)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,18 @@ class Throttler:
         self._mu = threading.Lock()
         self._rules: dict[tuple[str, str], _Rule] = {}
         self._random = random.Random(seed)
+        self._denied: set[tuple[str, str, str | None]] = set()
+
+    def deny(self, service: str, action: str, caller: str | None = None) -> None:
+        """Refuse ``service``/``action`` (``"*"`` for all) for ``caller`` (None: everyone) with the
+        service's access-denied error, as a missing IAM permission would."""
+        with self._mu:
+            self._denied.add((service, action, caller))
+
+    def denied(self, service: str, action: str, caller: str) -> bool:
+        """True when a deny rule matches this call."""
+        with self._mu:
+            return any((service, a, c) in self._denied for a in (action, "*") for c in (caller, None))
 
     def set(self, service: str, action: str = "*", rate: float | None = None, burst: int | None = None) -> None:
         """Throttle ``service``/``action``.
@@ -49,9 +62,10 @@ class Throttler:
                 rule.burst = burst
 
     def clear(self) -> None:
-        """Remove every rule."""
+        """Remove every rule (throttles and denials)."""
         with self._mu:
             self._rules.clear()
+            self._denied.clear()
 
     def should_throttle(self, service: str, action: str) -> bool:
         """Consume one decision for a call; True means answer with the throttling error."""

@@ -161,3 +161,21 @@ def throttle_reply(req: ParsedRequest) -> Reply:
     if req.protocol == "json":
         return error_reply(req, 400, "ThrottlingException", "Rate exceeded")
     return error_reply(req, 400, "Throttling", "Rate exceeded")
+
+
+def access_denied_reply(req: ParsedRequest, caller: str) -> Reply:
+    """The error AWS answers when the caller's IAM policy lacks the action.
+
+    EC2: HTTP 403 ``UnauthorizedOperation``; Query APIs (Auto Scaling): HTTP 403 ``AccessDenied``;
+    JSON APIs (SSM, Secrets Manager): HTTP 400 ``AccessDeniedException``. The message names the
+    IAM action as AWS does (``… is not authorized to perform: ssm:GetParameter …``).
+    """
+    iam_action = f"{req.service}:{req.action}"
+    message = (f"User: arn:aws:sts::123456789012:assumed-role/sandbox/{caller} is not authorized to perform: "
+               f"{iam_action}")
+    if req.protocol == "ec2":
+        return error_reply(req, 403, "UnauthorizedOperation", f"You are not authorized to perform this operation. "
+                                                                f"{message}")
+    if req.protocol == "json":
+        return error_reply(req, 400, "AccessDeniedException", message)
+    return error_reply(req, 403, "AccessDenied", message)

@@ -346,3 +346,22 @@ def test_concurrent_agents_complete_their_hooks(aws_region: Region, group: Calla
             "RecordLifecycleActionHeartbeat",
             "CompleteLifecycleAction",
         ]
+
+
+def test_denied_action_answers_the_services_access_denied_error(aws_region) -> None:
+    """A missing IAM permission, per caller: EC2 UnauthorizedOperation, JSON APIs AccessDeniedException."""
+    from botocore.exceptions import ClientError
+
+    aws_region.deny("ec2", "DescribeInstances", caller="operator")
+    aws_region.deny("ssm", "*")
+    with pytest.raises(ClientError) as exc:
+        aws_region.client("ec2").describe_instances()
+    assert exc.value.response["Error"]["Code"] == "UnauthorizedOperation"
+    assert "ec2:DescribeInstances" in exc.value.response["Error"]["Message"]
+    with pytest.raises(ClientError) as exc:
+        aws_region.client("ssm").get_parameter(Name="/x")
+    assert exc.value.response["Error"]["Code"] == "AccessDeniedException"
+    aws_region.client("ec2").describe_regions()  # other actions still answer
+    assert aws_region.calls(action="DescribeInstances")[-1].outcome == "UnauthorizedOperation"
+    aws_region.clear_throttles()
+    aws_region.client("ec2").describe_instances()
