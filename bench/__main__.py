@@ -1,0 +1,173 @@
+"""The benchmark harness: ``.venv/bin/python -m bench [--only NAME ...] [--quick]``.
+
+Runs each benchmark script in ``bench/`` in a fresh interpreter, reads the JSON it prints, and
+writes ``bench/results.json`` (every figure with its spread, method and goal) and the table in
+``docs/benchmarks.md``. A figure whose script has not run keeps its last recorded value, marked
+with the date it was measured; a figure no script measures yet is listed as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results.json"
+DOC = REPO / "docs" / "benchmarks.md"
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One reported number: where it comes from, its unit, its goal and how it is measured."""
+
+    name: str
+    script: str | None  # bench/<script>.py, or None when nothing measures it yet
+    path: tuple[str, ...]  # keys into the script's JSON; a {"median",...} dict or a number
+    unit: str
+    goal: str
+    method: str
+    lower_is_better: bool = True
+    goal_value: float | None = None
+
+
+FIGURES = [
+    Figure("idle_rss_mib", None, (), "MiB", "≤ 25", "RSS of the idle watcher (issue 7).", goal_value=25),
+    Figure("idle_cpu_pct", None, (), "% of a core", "≤ 0.2", "CPU of the idle watcher at a 1 s poll (issue 7).",
+           goal_value=0.2),
+    Figure("detect_latency_ms_p50", None, (), "ms", "—", "IMDS state change to cordon (issue 7)."),
+    Figure("detect_latency_ms_p95", None, (), "ms", "—", "IMDS state change to cordon (issue 7)."),
+    Figure("leave_overhead_s", None, (), "s", "≤ 2", "Leave time minus pod grace periods, 20 pods (issue 7).",
+           goal_value=2),
+    Figure("join_overhead_s", "join", ("join_overhead_s",), "s (CPU)", "—",
+           "CPU seconds (user+system, getrusage at exit) of the `herd-agent join` process of a worker in the "
+           "sandbox: the agent's own work, imports included; waits on IMDS, AWS, the probe, k3s and the Node "
+           "use no CPU and are excluded, as is the stand-ins' work."),
+    Figure("join_wall_s", "join", ("join_wall_s",), "s", "—",
+           "Wall-clock seconds of the same worker join, every wait included (sandbox: k3s stand-in)."),
+    Figure("rejoin_wall_s", "join", ("rejoin_wall_s",), "s", "< 2",
+           "Wall-clock seconds of a second `herd-agent join` on a joined worker (no AWS call, no file written).",
+           goal_value=2),
+    Figure("aws_calls_per_worker_join", "join", ("aws_calls_per_worker_join",), "calls", "≤ 4",
+           "AWS API calls a worker's join made, from the sandbox region's call log.", goal_value=4),
+    Figure("etcd_join_s", "etcd_membership", ("etcd_join_s",), "s", "—",
+           "Learner add to voter on real etcd 3.5 (start and catch-up included), joining a 3-member cluster."),
+    Figure("etcd_leave_s", "etcd_membership", ("etcd_leave_s",), "s", "—",
+           "Quorum proof to removal confirmed by another member, real etcd 3.5."),
+    Figure("aws_region_start_s", "aws_region", ("cold_start",), "s", "< 3",
+           "Sandbox AWS region start in a fresh interpreter, imports included.", goal_value=3),
+    Figure("kube_list_1000_pods_field_selector_ms", "kube_api", ("median_ms",), "ms", "< 200",
+           "1,000 pods over 10 nodes, list with fieldSelector spec.nodeName over HTTPS, median of 30.",
+           goal_value=200),
+    Figure("aws_calls_per_node_hour_idle", None, (), "calls", "0", "AWS calls of an idle node per hour (issue 8).",
+           goal_value=0),
+    Figure("scaleout_50_nodes_s", None, (), "s", "—", "50 workers joining at once, 10 % EC2 throttling (issue 8)."),
+]
+
+SCRIPT_ARGS = {"join": ["--runs", "5"], "etcd_membership": ["--runs", "5"], "aws_region": ["--runs", "5"]}
+QUICK_ARGS = {"join": ["--runs", "2"], "etcd_membership": ["--runs", "2"], "aws_region": ["--runs", "2"]}
+
+
+def run_script(name: str, quick: bool) -> dict[str, Any]:
+    args = (QUICK_ARGS if quick else SCRIPT_ARGS).get(name, [])
+    print(f"bench: running bench/{name}.py {' '.join(args)}", file=sys.stderr)
+    r = subprocess.run([sys.executable, str(REPO / "bench" / f"{name}.py"), *args],  # noqa: S603
+                       capture_output=True, text=True, timeout=1800, cwd=REPO)
+    if r.returncode != 0:
+        raise SystemExit(f"bench/{name}.py failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    return dict(json.loads(r.stdout))
+
+
+def extract(doc: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    value: Any = doc
+    for key in path:
+        value = value[key]
+    if isinstance(value, dict):
+        suffix = "_s" if "median_s" in value else ""
+        return {"median": value[f"median{suffix}"], "min": value.get(f"min{suffix}"),
+                "max": value.get(f"max{suffix}"), "stdev": value.get("stdev"), "n": value.get("n", value.get("runs"))}
+    return {"median": value, "min": None, "max": None, "stdev": None, "n": doc.get("rounds")}
+
+
+def verdict(fig: Figure, median: float | None) -> str:
+    if median is None:
+        return "not measured yet"
+    if fig.goal_value is None:
+        return "no goal"
+    ok = median <= fig.goal_value if fig.lower_is_better else median >= fig.goal_value
+    return "meets goal" if ok else "misses goal"
+
+
+def fmt(v: float | None) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+
+
+def render(results: dict[str, Any]) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        "<!-- Written by `python -m bench`; edit bench/__main__.py for methods and goals. -->",
+        "",
+        "Figures are medians of repeated runs with their spread (min–max), measured on this project's",
+        f"machine kind (2 cores). Last run: {results.get('updated', '—')} on {results.get('machine', '—')}.",
+        "Re-run: `.venv/bin/python -m bench` (all) or `--only join` (one script).",
+        "",
+        "| figure | median | spread (min–max) | n | unit | goal | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for fig in FIGURES:
+        r = results["figures"].get(fig.name, {})
+        median = r.get("median")
+        spread = f"{fmt(r.get('min'))}–{fmt(r.get('max'))}" if r.get("min") is not None else "—"
+        lines.append(f"| `{fig.name}` | {fmt(median)} | {spread} | {r.get('n') or '—'} | {fig.unit} | "
+                     f"{fig.goal} | {verdict(fig, median)} |")
+    lines += ["", "## How each figure is measured", ""]
+    for fig in FIGURES:
+        where = f"`bench/{fig.script}.py`" if fig.script else "no script yet"
+        measured = results["figures"].get(fig.name, {}).get("measured")
+        when = f" Measured {measured}." if measured else ""
+        lines.append(f"- **`{fig.name}`** ({where}): {fig.method}{when}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", action="append", default=[], help="run only this script (repeatable)")
+    ap.add_argument("--quick", action="store_true", help="fewer runs (a smoke check, not a result)")
+    ap.add_argument("--render-only", action="store_true", help="rewrite docs/benchmarks.md from results.json")
+    args = ap.parse_args()
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"figures": {}}
+    if not args.render_only:
+        scripts = sorted({f.script for f in FIGURES if f.script})
+        if args.only:
+            scripts = [s for s in scripts if s in args.only]
+        today = datetime.date.today().isoformat()
+        for script in scripts:
+            doc = run_script(script, args.quick)
+            for fig in FIGURES:
+                if fig.script == script:
+                    results["figures"][fig.name] = {**extract(doc, fig.path), "unit": fig.unit, "goal": fig.goal,
+                                                    "method": fig.method, "measured": today,
+                                                    "quick": bool(args.quick)}
+        results["updated"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        results["machine"] = f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}"
+    for fig in FIGURES:
+        results["figures"].setdefault(fig.name, {"median": None, "unit": fig.unit, "goal": fig.goal,
+                                                 "method": fig.method, "measured": None})
+    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    DOC.write_text(render(results))
+    print(f"bench: wrote {RESULTS.relative_to(REPO)} and {DOC.relative_to(REPO)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
