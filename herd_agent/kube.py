@@ -26,14 +26,53 @@ def kubeconfig_path(cfg: Config, *, control_plane: bool) -> str:
     return cfg.get("kube.kubeconfig") or (K3S_ADMIN_KUBECONFIG if control_plane else K3S_KUBELET_KUBECONFIG)
 
 
-def client(root: HostRoot, cfg: Config, *, control_plane: bool, timeout_s: float = 10.0) -> Any:
-    """A ``lightkube.Client`` from the role's kubeconfig.
+def service_account_token(cfg: Config, region: str) -> str | None:
+    """The agent's ServiceAccount token from SSM (``kube.token_ssm_parameter``) or Secrets Manager
+    (``kube.token_secret_id``), registered with the redactor; None when neither is configured.
+
+    Raises:
+        AwsError: the read failed (AccessDenied names the action).
+    """
+    from herd_agent import aws
+    from herd_agent.redact import register_secret
+
+    if cfg.get("kube.token_ssm_parameter"):
+        value = aws.call(aws.client("ssm", region), "GetParameter", Name=cfg.get("kube.token_ssm_parameter"),
+                         WithDecryption=True)["Parameter"]["Value"]
+    elif cfg.get("kube.token_secret_id"):
+        value = aws.call(aws.client("secretsmanager", region), "GetSecretValue",
+                         SecretId=cfg.get("kube.token_secret_id"))["SecretString"]
+    else:
+        return None
+    register_secret(value)
+    return str(value).strip()
+
+
+def token_client(root: HostRoot, cfg: Config, token: str, server: str, timeout_s: float = 10.0) -> Any:
+    """A ``lightkube.Client`` authenticating with a bearer ``token`` to ``server``, verifying the
+    server certificate against ``kube.ca_file`` (unless ``kube.insecure_skip_tls_verify``)."""
+    from lightkube import Client, KubeConfig
+    from lightkube.config.models import Cluster, User
+
+    insecure = bool(cfg.get("kube.insecure_skip_tls_verify"))
+    ca = None if insecure else str(root.path(cfg.get("kube.ca_file")))
+    config = KubeConfig.from_one(cluster=Cluster(server=server, certificate_auth=ca, insecure=insecure),
+                                 user=User(token=token))
+    return Client(config=config, timeout=timeout_s, trust_env=False)
+
+
+def client(root: HostRoot, cfg: Config, *, control_plane: bool, timeout_s: float = 10.0,
+           token: str | None = None, server: str | None = None) -> Any:
+    """A ``lightkube.Client``: with ``token`` (a ServiceAccount token) against ``server``, else from
+    the role's kubeconfig.
 
     Raises:
         HerdError: the kubeconfig does not exist (yet) (exit 66).
     """
     from lightkube import Client, KubeConfig
 
+    if token is not None and server is not None:
+        return token_client(root, cfg, token, server, timeout_s)
     path = root.path(kubeconfig_path(cfg, control_plane=control_plane))
     if not path.exists():
         raise HerdError(f"kubeconfig {kubeconfig_path(cfg, control_plane=control_plane)} does not exist",

@@ -63,6 +63,8 @@ COMMANDS = {
     "join": "herd_agent.cli.join_cmd:join",
     "plan": "herd_agent.cli.join_cmd:plan",
     "hosts": "herd_agent.cli.join_cmd:hosts_group",
+    "watch": "herd_agent.cli.leave_cmd:watch",
+    "leave": "herd_agent.cli.leave_cmd:leave",
     "sandbox": "herd_agent.sandbox.cli:sandbox",
     "etcd": "herd_agent.etcd.cli:etcd",
 }

@@ -34,6 +34,12 @@ def plan() -> None:
     """Show what a sequence would change, changing nothing."""
 
 
+def _plan_leave() -> click.Command:
+    from herd_agent.cli.leave_cmd import plan_leave
+
+    return plan_leave
+
+
 @plan.command("join")
 @click.pass_obj
 def plan_join(obj: object) -> None:
@@ -53,6 +59,9 @@ def plan_join(obj: object) -> None:
 @click.group("hosts")
 def hosts_group() -> None:
     """The managed block of /etc/hosts."""
+
+
+plan.add_command(_plan_leave(), "leave")
 
 
 @hosts_group.command("sync")

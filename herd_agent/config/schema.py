@@ -192,6 +192,11 @@ SCHEMA = Schema(
           nullable=True, pattern=_SSM_NAME),
         Opt("kube.token_secret_id", "str", None, "Secrets Manager secret holding a ServiceAccount token for the agent.",
           nullable=True),
+        Opt("kube.server", "str", None,
+            "API URL used with a ServiceAccount token; unset: https://<hosts.endpoint_name>:<discovery.api_port>.",
+            nullable=True, pattern=_URL),
+        Opt("kube.ca_file", "str", "/var/lib/rancher/k3s/agent/server-ca.crt",
+            "CA that signs the API server certificate, used with a ServiceAccount token.", pattern=r"/.*"),
         Opt("kube.insecure_skip_tls_verify", "bool", False,
           "Turn OFF TLS certificate checks for the Kubernetes API. Never do this outside a lab."),
         # watcher
@@ -210,6 +215,12 @@ SCHEMA = Schema(
         Opt("leave.stop_timeout_s", "int", 900, "The unit's stop timeout (TimeoutStopSec), seconds.", min=30, max=7200),
         Opt("leave.stop_k3s", "str", "killall", "How k3s stops: killall also stops its pods; stop leaves them.",
           choices=("killall", "stop", "none")),
+        Opt("leave.deadline_s", "int", None,
+            "Upper bound on one leave, seconds; the earliest of this and the AWS deadlines wins.",
+            nullable=True, min=10, max=172800),
+        Opt("leave.heartbeat_interval_s", "float", None,
+            "Lifecycle-hook heartbeat interval, seconds; unset: max(30, heartbeat timeout / 3), "
+            "at most half the timeout.", nullable=True, min=0.1, max=3600),
         Opt("leave.failure_result", "str", "CONTINUE", "Terminate-hook result when a leave step failed.",
           choices=("CONTINUE", "ABANDON")),
         # signals

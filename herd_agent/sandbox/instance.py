@@ -51,6 +51,10 @@ class SandboxInstance:
         self.bindir.mkdir(parents=True, exist_ok=True)
         _shim(self.bindir / "systemctl", "herd_agent.sandbox.systemctl")
         _shim(self.bindir / "modprobe", "herd_agent.sandbox.modprobe")
+        # k3s-killall.sh stops k3s and its pods; here: stop the k3s stand-in units.
+        killall = self.bindir / "k3s-killall.sh"
+        killall.write_text(f'#!/bin/sh\nexec "{self.bindir / "systemctl"}" stop k3s.service k3s-agent.service\n')
+        killall.chmod(0o755)
         self.root.makedirs("/etc/herd-agent")
         if not self.root.exists("/etc/hosts"):
             self.root.write("/etc/hosts", BASE_HOSTS, mode=0o644)
@@ -80,20 +84,26 @@ class SandboxInstance:
         path = f"/etc/herd-agent/config.d/{name}" if name else "/etc/herd-agent/config.yaml"
         self.root.write(path, text, mode=0o644)
 
-    def agent(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def agent(self, *args: str, timeout: float = 300,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """Run ``herd-agent ARGS`` on this instance as a real process and wait for it."""
         return subprocess.run(  # noqa: S603 - argv list
-            [sys.executable, "-m", "herd_agent", *args], env=self.env(), capture_output=True, text=True,
-            timeout=timeout,
+            [sys.executable, "-m", "herd_agent", *args], env={**self.env(), **(env or {})}, capture_output=True,
+            text=True, timeout=timeout,
         )
 
-    def spawn_agent(self, *args: str, log_name: str = "agent.log") -> subprocess.Popen[bytes]:
-        """Start ``herd-agent ARGS`` in the background, output to ``<workdir>/<log_name>``."""
+    def spawn_agent(self, *args: str, log_name: str = "agent.log",
+                    env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start ``herd-agent ARGS`` in the background, output to ``<workdir>/<log_name>``.
+
+        Args:
+            env: extra environment variables for this process.
+        """
         log = open(self.workdir / log_name, "ab")  # noqa: SIM115 - handed to the child
         try:
             return subprocess.Popen(  # noqa: S603 - argv list
-                [sys.executable, "-m", "herd_agent", *args], env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                [sys.executable, "-m", "herd_agent", *args], env={**self.env(), **(env or {})}, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
             )
         finally:
             log.close()

@@ -114,6 +114,7 @@ class LifecycleAction:
     heartbeat_deadline: float
     global_deadline: float
     result: str | None = None
+    how: str | None = None  # "completed" (CompleteLifecycleAction) or "timeout" (DefaultResult applied)
 
     @property
     def deadline(self) -> float:
@@ -148,6 +149,7 @@ class LifecycleEngine:
         self._on_state = on_state or (lambda _i, _s: None)
         self._clock = clock
         self._actions: dict[str, list[LifecycleAction]] = {}
+        self.finished: list[LifecycleAction] = []  # every ended action, with its result and how it ended
         self._left: dict[str, str] = {}  # lifecycle state of instances no longer in a group
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -196,7 +198,7 @@ class LifecycleEngine:
             for action in due:
                 acts = self._actions.get(action.instance_id, [])
                 if action in acts:
-                    self._finish(action, action.default_result)
+                    self._finish(action, action.default_result, how="timeout")
             return len(due)
 
     # -- queries -------------------------------------------------------------------------------
@@ -250,7 +252,7 @@ class LifecycleEngine:
         """
         if result not in ("CONTINUE", "ABANDON"):
             raise LifecycleError(f"Invalid value for LifecycleActionResult: {result}")
-        self._finish(self._match(group, hook, instance_id, token), result)
+        self._finish(self._match(group, hook, instance_id, token), result, how="completed")
 
     def heartbeat(self, group: str, hook: str, instance_id: str | None, token: str | None) -> None:
         """RecordLifecycleActionHeartbeat: restart the heartbeat timer (not beyond the global timeout).
@@ -328,8 +330,10 @@ class LifecycleEngine:
             raise LifecycleError(f"No active Lifecycle Action found with instance ID {instance_id}")
         raise LifecycleError(f"No active Lifecycle Action found with token {token}")
 
-    def _finish(self, action: LifecycleAction, result: str) -> None:
-        self._replace(action, replace(action, result=result))
+    def _finish(self, action: LifecycleAction, result: str, how: str) -> None:
+        finished = replace(action, result=result, how=how)
+        self._replace(action, finished)
+        self.finished.append(finished)
         acts = self._actions[action.instance_id]
         state = self._find(action.instance_id)
         if state is None:  # the instance left the group meanwhile

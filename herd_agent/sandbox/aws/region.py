@@ -126,7 +126,9 @@ class Region:
         self.throttler = Throttler(throttle_seed)
         self._instances: dict[str, Instance] = {}
         self._by_key: dict[str, str] = {}
-        self._next_ip = 1
+        # Each process takes its own block of 1024 addresses, so two sandboxes running at once on
+        # one machine (a test run and a `sandbox run`) never hand out the same address.
+        self._next_ip = (os.getpid() % 60) * 1024 + 1
         self._server: LoopbackServer | None = None
         self._engine: LifecycleEngine | None = None
         self._clients: dict[tuple[str, str | None], Any] = {}
@@ -307,6 +309,13 @@ class Region:
         """Pending lifecycle actions (tokens, hooks, deadlines) for one instance or all."""
         with self.cond:
             return self._engine_or_fail().actions(instance_id)
+
+    def finished_actions(self, instance_id: str | None = None) -> list[LifecycleAction]:
+        """Ended lifecycle actions, oldest first, each with ``result`` (CONTINUE/ABANDON) and ``how``
+        (``completed`` by CompleteLifecycleAction, or ``timeout`` when the DefaultResult applied)."""
+        with self.cond:
+            done = list(self._engine_or_fail().finished)
+        return [a for a in done if instance_id is None or a.instance_id == instance_id]
 
     def seconds_left(self, action: LifecycleAction) -> tuple[float, float]:
         """``(scaled, unscaled)`` seconds until ``action``'s DefaultResult applies."""

@@ -1,0 +1,273 @@
+"""The watcher and the leave sequence end to end in the sandbox: real agent processes, the
+emulated Kubernetes API with PDBs, moto-backed lifecycle hooks, IMDS, real etcd."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import requests
+
+from herd_agent.sandbox.aws.region import Region
+from herd_agent.sandbox.kube.sandbox import KubeSandbox
+from tests.clusters import SandboxCluster
+
+pytestmark = pytest.mark.allow_subprocess
+
+LEAVE_CONFIG = "leave:\n  heartbeat_interval_s: 0.3\n  reserve_s: 5\n"
+
+
+@pytest.fixture(scope="module")
+def region() -> Iterator[Region]:
+    with Region(time_factor=0.01) as r:
+        yield r
+
+
+@pytest.fixture
+def make_cluster(region: Region, kube_sandbox: KubeSandbox, tmp_path: Path, toolchain):
+    made: list[SandboxCluster] = []
+
+    def make(config: str = "") -> SandboxCluster:
+        c = SandboxCluster(region, kube_sandbox, tmp_path, toolchain, LEAVE_CONFIG + config)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+def deployment(name: str, replicas: int, empty_dir: bool = False) -> dict[str, Any]:
+    spec: dict[str, Any] = {"containers": [{"name": "main", "image": f"example/{name}:1"}],
+                            "terminationGracePeriodSeconds": 30}
+    if empty_dir:
+        spec["volumes"] = [{"name": "scratch", "emptyDir": {}}]
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": "default"},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}}, "spec": spec}}}
+
+
+def pdb(name: str, app: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": app}}, **spec}}
+
+
+def live_pods(kube: KubeSandbox, node: str | None = None, app: str | None = None) -> list[dict[str, Any]]:
+    return [p for p in kube.list("Pod")
+            if (node is None or p["spec"].get("nodeName") == node)
+            and (app is None or p["metadata"].get("labels", {}).get("app") == app)
+            and not p["metadata"].get("deletionTimestamp") and p["status"].get("phase") == "Running"]
+
+
+def cordon(kube: KubeSandbox, node: str) -> None:
+    kube.modify("Node", node, lambda n: n["spec"].update(unschedulable=True))
+
+
+def wait_ready_line(c: SandboxCluster, iid: str, proc, log_name: str = "watch.log") -> None:
+    deadline = time.monotonic() + 30
+    while "watching for termination" not in c.log(iid, log_name):
+        assert proc.poll() is None, c.log(iid, log_name)
+        assert time.monotonic() < deadline, c.log(iid)
+        time.sleep(0.05)  # polling a log file another process writes
+
+
+def journal(c: SandboxCluster, iid: str) -> dict[str, Any]:
+    return json.loads(c.instances[iid].root.read_text("/var/lib/herd-agent/leave.json"))
+
+
+def finished_journal(c: SandboxCluster, iid: str, timeout: float = 60) -> dict[str, Any]:
+    """The leave journal once the agent recorded the end of the sequence."""
+    def done() -> dict[str, Any] | None:
+        if not c.instances[iid].root.exists("/var/lib/herd-agent/leave.json"):
+            return None
+        j = journal(c, iid)
+        return j if j.get("finished_at") else None
+
+    return c.region.wait_for(done, timeout=timeout, what=f"{iid} leave journal finished")
+
+
+def test_worker_with_20_pods_is_scaled_in(make_cluster) -> None:
+    c = make_cluster()
+    kube = c.kube
+    (cp,) = c.group("control-plane", 1)
+    c.join(cp)
+    cordon(kube, cp)
+    w1, w2 = c.group("node", 2, terminate_hook=True)
+    c.join(w1)
+    kube.seed(
+        {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "logs", "namespace": "kube-system"},
+         "spec": {"selector": {"matchLabels": {"app": "logs"}},
+                  "template": {"metadata": {"labels": {"app": "logs"}},
+                               "spec": {"containers": [{"name": "l", "image": "logs:1"}]}}}},
+        deployment("web", 10), pdb("web", "web", minAvailable=8),
+        deployment("cache", 4, empty_dir=True), deployment("batch", 4),
+    )
+    kube.add_static_pod(w1, "node-exporter")
+    kube.wait_for(lambda: len([p for p in kube.list("Pod") if p["spec"].get("nodeName") == w1
+                               and p["status"].get("phase") == "Running"]) == 20, timeout=30)
+    c.join(w2)
+    proc = c.watch(w1)
+    wait_ready_line(c, w1, proc)
+    c.region.terminate_instance(w1, decrement=True)
+    c.region.wait_for(lambda: c.region.lifecycle_state(w1) == "Terminated", timeout=90, what="w1 terminated")
+
+    assert kube.find("Node", w1) is None
+    assert len(live_pods(kube, w2, "web")) == 10 and len(live_pods(kube, w2, "cache")) == 4
+    (action,) = [a for a in c.region.finished_actions(w1) if a.hook == "terminate"]
+    assert (action.result, action.how) == ("CONTINUE", "completed")
+    beats = c.region.calls(caller=w1, action="RecordLifecycleActionHeartbeat")
+    assert beats and all(b.outcome == "ok" for b in beats)
+    j = finished_journal(c, w1)
+    assert {n: s["status"] for n, s in j["steps"].items()} == {
+        "cordon": "done", "drain": "done", "etcd": "skipped", "delete-node": "done", "stop-k3s": "done",
+        "complete-hook": "done"}
+    outcomes = {p: o["outcome"] for p, o in j["pods"].items()}
+    assert outcomes[f"kube-system/node-exporter-{w1}"] == "skipped"
+    assert [o for p, o in outcomes.items() if p.startswith("kube-system/logs-")] == ["skipped"]
+    assert sum(o == "evicted" for o in outcomes.values()) == 18
+    assert any("PodDisruptionBudget web" in o["detail"] for o in j["pods"].values())
+    assert j["result"] == "CONTINUE"
+    metrics = c.instances[w1].root.read_text("/var/lib/node_exporter/textfile_collector/herd_agent.prom")
+    assert "herd_agent_leave_pods_evicted 18.0" in metrics
+    assert 'herd_agent_last_termination_reason{reason="asg-terminate"} 1.0' in metrics
+    events = [e for e in kube.list("Event") if e.get("involvedObject", {}).get("name") == w1]
+    assert {"HerdLeaveStarted", "HerdDrained"} <= {e["reason"] for e in events}
+
+
+def test_pdb_that_never_allows_is_driven_by_the_deadline(make_cluster) -> None:
+    c = make_cluster("  deadline_s: 12\n")
+    kube = c.kube
+    (cp,) = c.group("control-plane", 1)
+    c.join(cp)
+    cordon(kube, cp)
+    w1, w2 = c.group("node", 2, terminate_hook=True)
+    c.join(w1)
+    kube.seed(deployment("db", 2), pdb("db-strict", "db", maxUnavailable=0))
+    kube.wait_for(lambda: len(live_pods(kube, w1, "db")) == 2, timeout=30)
+    c.join(w2)
+    proc = c.watch(w1)
+    wait_ready_line(c, w1, proc)
+    started = time.monotonic()
+    c.region.terminate_instance(w1, decrement=True)
+    c.region.wait_for(lambda: c.region.lifecycle_state(w1) == "Terminated", timeout=90, what="w1 terminated")
+    took = time.monotonic() - started
+    (action,) = [a for a in c.region.finished_actions(w1) if a.hook == "terminate"]
+    assert action.how == "completed"  # before the hook's timeout, not by it
+    j = finished_journal(c, w1)
+    assert took < 40
+    assert j["finished_at"] <= j["deadline"]
+    db = {p: o for p, o in j["pods"].items() if p.startswith("default/db-")}
+    assert len(db) == 2
+    for o in db.values():
+        assert o["outcome"] == "deleted" and "PodDisruptionBudget db-strict" in o["detail"]
+
+
+def test_spot_interruption_leaves_inside_the_notice(make_cluster) -> None:
+    c = make_cluster()
+    (cp,) = c.group("control-plane", 1)
+    c.join(cp)
+    (w1,) = c.group("node", 1)
+    c.join(w1)
+    c.kube.seed(deployment("web", 3))
+    proc = c.watch(w1)
+    wait_ready_line(c, w1, proc)
+    notice = c.region.inject_spot_interruption(w1)
+    c.kube.wait_for(lambda: c.kube.find("Node", w1) is None, timeout=60)
+    j = finished_journal(c, w1)
+    assert j["reason"] == "spot-terminate"
+    deadline = time.mktime(time.strptime(notice["time"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+    assert j["deadline"] == pytest.approx(deadline, abs=1)
+    assert j["finished_at"] < deadline
+
+
+def test_restart_outside_shutdown_drains_nothing_shutdown_leaves(make_cluster) -> None:
+    c = make_cluster()
+    (cp,) = c.group("control-plane", 1)
+    c.join(cp)
+    (w1,) = c.group("node", 1)
+    c.join(w1)
+    inst = c.instances[w1]
+    proc = c.watch(w1)
+    wait_ready_line(c, w1, proc)
+    proc.send_signal(signal.SIGTERM)  # `systemctl restart herd-agent`: the system is running
+    assert proc.wait(timeout=30) == 0
+    assert not c.kube.get("Node", w1)["spec"].get("unschedulable")
+    assert not inst.root.exists("/var/lib/herd-agent/leave.json")
+    assert "not draining" in c.log(w1)
+    inst.root.write("/run/herd-sandbox/system-state", "stopping\n", mode=0o644)  # now the machine shuts down
+    proc = c.watch(w1, log_name="watch2.log")
+    wait_ready_line(c, w1, proc, "watch2.log")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    assert c.kube.find("Node", w1) is None
+    assert journal(c, w1)["reason"] == "shutdown"
+
+
+def test_killed_at_every_step_boundary_resumes_and_finishes_once(make_cluster) -> None:
+    c = make_cluster()
+    (cp,) = c.group("control-plane", 1)
+    c.join(cp)
+    cordon(c.kube, cp)
+    w1, w2 = c.group("node", 2, terminate_hook=True)
+    c.join(w1)
+    c.kube.seed(deployment("web", 3))
+    c.kube.wait_for(lambda: len(live_pods(c.kube, w1, "web")) == 3, timeout=30)
+    c.join(w2)
+    since = time.time()
+    c.region.terminate_instance(w1, decrement=True)
+    c.region.wait_for(lambda: c.region.lifecycle_state(w1) == "Terminating:Wait", timeout=30, what="wait state")
+    inst = c.instances[w1]
+    boundaries = ["cordon:after", "drain:after", "delete-node:after", "stop-k3s:after", "complete-hook:before"]
+    for point in boundaries:
+        proc = inst.spawn_agent("leave", "--reason", "asg-terminate", log_name="leave.log",
+                                env={"HERD_AGENT_FAILPOINT": point})
+        p = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 60
+        while p.status() != psutil.STATUS_STOPPED:
+            assert proc.poll() is None, (point, (inst.workdir / "leave.log").read_text())
+            assert time.monotonic() < deadline, point
+            time.sleep(0.02)  # waiting for another process to reach its failpoint
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    r = inst.agent("leave", "--reason", "asg-terminate")
+    assert r.returncode == 0, r.stderr
+    j = journal(c, w1)
+    for name, state in j["steps"].items():
+        assert state["status"] in ("done", "skipped"), (name, state)
+        assert state["starts"] == (0 if state["status"] == "skipped" else 1), (name, state)
+    completes = [x for x in c.region.calls(caller=w1, action="CompleteLifecycleAction", since=since)
+                 if x.outcome == "ok"]
+    assert len(completes) == 1
+    assert [(a.result, a.how) for a in c.region.finished_actions(w1) if a.hook == "terminate"] == [
+        ("CONTINUE", "completed")]
+    c.region.wait_for(lambda: c.region.lifecycle_state(w1) == "Terminated", timeout=30, what="terminated")
+    assert c.kube.find("Node", w1) is None
+    assert len(live_pods(c.kube, w2, "web")) == 3
+
+
+def test_control_plane_scale_in_keeps_quorum(make_cluster) -> None:
+    c = make_cluster()
+    cps = c.group("control-plane", 3, terminate_hook=True)
+    for iid in cps:
+        c.join(iid)
+    procs = {iid: c.watch(iid) for iid in cps}
+    for iid, proc in procs.items():
+        wait_ready_line(c, iid, proc)
+    leaving = cps[1]
+    c.region.terminate_instance(leaving, decrement=True)
+    c.region.wait_for(lambda: c.region.lifecycle_state(leaving) == "Terminated", timeout=120, what="terminated")
+    ip = c.region.instance(cps[0]).private_ip
+    members = requests.post(f"http://{ip}:2379/v3/cluster/member/list", json={}, timeout=5).json()["members"]
+    assert sorted(m["name"] for m in members) == sorted([cps[0], cps[2]])
+    assert not any(m.get("isLearner") for m in members)
+    health = requests.get(f"http://{ip}:2379/health", timeout=5).json()
+    assert health["health"] == "true"
+    assert finished_journal(c, leaving)["steps"]["etcd"]["status"] == "done"
+    assert c.kube.find("Node", leaving) is None
