@@ -9,6 +9,7 @@ from herd_agent.cli import LazyGroup
 SANDBOX_COMMANDS: dict[str, str] = {
     "aws": "herd_agent.sandbox.aws.cli:aws",
     "kube": "herd_agent.sandbox.kube.cli:kube",
+    "run": "herd_agent.sandbox.scenario.cli:run",
 }
 
 
