@@ -32,7 +32,8 @@ etcd:
 
 
 @pytest.fixture
-def servers(aws_region: Region, kube_sandbox: KubeSandbox, tmp_path: Path, toolchain) -> Iterator[list[SandboxInstance]]:
+def servers(aws_region: Region, kube_sandbox: KubeSandbox, tmp_path: Path,
+            toolchain) -> Iterator[list[SandboxInstance]]:
     aws_region.create_launch_template("emb-lt")
     aws_region.create_group("emb-cp", "emb-lt", desired=2, max_size=4, hooks=[Hook("launch", "launching")],
                             tags={"herd:cluster": "emb", "herd:role": "control-plane"})
