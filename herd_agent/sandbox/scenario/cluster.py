@@ -219,16 +219,19 @@ class ScenarioCluster:
         name: the cluster name (EC2 tag ``herd:cluster``; also the group name prefix).
         watch: start ``herd-agent watch`` on every joined instance.
         max_parallel_boots: instances booting (running their join) at once.
+        throttle_seed: seed of the region's throttling decisions (reproducible benchmarks).
     """
 
     def __init__(self, state_dir: Path, timeline: Timeline, tools: Tools, *, etcd_mode: str = "external",
-                 name: str = "sandbox", watch: bool = True, max_parallel_boots: int = 64) -> None:
+                 name: str = "sandbox", watch: bool = True, max_parallel_boots: int = 64,
+                 throttle_seed: int | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.timeline = timeline
         self.tools = tools
         self.etcd_mode = etcd_mode
         self.name = name
         self.watch_enabled = watch
+        self.throttle_seed = throttle_seed
         self.region: Any = None
         self.kube: Any = None
         self.kubectl: Kubectl | None = None
@@ -250,7 +253,7 @@ class ScenarioCluster:
         from herd_agent.sandbox.kube.sandbox import KubeSandbox
 
         (self.state_dir / "instances").mkdir(parents=True, exist_ok=True)
-        self.region = Region(time_factor=1.0).start()
+        self.region = Region(time_factor=1.0, throttle_seed=self.throttle_seed).start()
         self.kube = KubeSandbox(self.state_dir / "kube", time_factor=0.01).start()
         self.kubectl = Kubectl(self.tools.kubectl, self.kube.admin_kubeconfig)
         self.timeline.add("aws", f"region {self.region.region_name} at {self.region.endpoint_url} (moto + hooks)",
@@ -294,7 +297,8 @@ class ScenarioCluster:
     def create_groups(self, control_planes: int, workers: int) -> None:
         """Create the launch template and both groups (each with a launch and a terminate hook).
 
-        The groups launch their instances at once; the AWS monitor boots them as they appear.
+        The groups launch their instances at once; the AWS monitor boots them as they appear. A
+        group of size 0 is created too (it can be scaled out later).
         """
         from herd_agent.sandbox.aws.region import Hook
 
@@ -303,8 +307,6 @@ class ScenarioCluster:
         hooks = [Hook(LAUNCH_HOOK, "launching", heartbeat_timeout=600, default_result="ABANDON"),
                  Hook(TERMINATE_HOOK, "terminating", heartbeat_timeout=300, default_result="CONTINUE")]
         for role, size in ((CONTROL_PLANE, control_planes), (WORKER, workers)):
-            if size <= 0 and role == WORKER:
-                continue
             self.region.create_group(self.groups[role], template, desired=size, min_size=0, max_size=size + 10,
                                      hooks=hooks, tags={"herd:cluster": self.name, "herd:role": role})
             self.timeline.add("aws", f"group {self.groups[role]} created: desired {size}", kind="aws")
