@@ -191,8 +191,15 @@ class Drainer:
                             self._outcome(k, "evicting", verdict.reason)
                         waiting += 1
                     elif d == Disposition.DELETE:
-                        self.api.delete(pod["metadata"].get("namespace", "default"), pod["metadata"]["name"], None)
-                        self._outcome(k, "deleting", verdict.reason)
+                        if self._next_try.get(k, 0.0) <= now:
+                            code = self.api.delete(pod["metadata"].get("namespace", "default"),
+                                                   pod["metadata"]["name"], None)
+                            if code in (200, 404):
+                                self._outcome(k, "deleting", verdict.reason)
+                            else:
+                                self._outcome(k, "blocked", f"delete answered {code} ({verdict.reason})")
+                                self._tries[k] = self._tries.get(k, 0) + 1
+                                self._backoff(k, now)
                         waiting += 1
                     elif self._next_try.get(k, 0.0) <= now:
                         to_evict.append(pod)
