@@ -4,33 +4,17 @@ moto-backed AWS with lifecycle hooks, the emulated IMDS and Kubernetes API."""
 from __future__ import annotations
 
 import concurrent.futures
-import itertools
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from herd_agent.sandbox.aws.region import Hook, Region
-from herd_agent.sandbox.instance import SandboxInstance
+from herd_agent.sandbox.aws.region import Region
 from herd_agent.sandbox.kube.sandbox import KubeSandbox
+from tests.clusters import SandboxCluster
 
 pytestmark = pytest.mark.allow_subprocess
-
-_n = itertools.count()
-
-CONFIG = """\
-discovery:
-  attempts: 40
-  backoff_max_s: 1
-  health_timeout_s: 1
-join:
-  ready_timeout_s: 60
-etcd:
-  mode: external
-"""
-
 
 @pytest.fixture(scope="module")
 def region() -> Iterator[Region]:
@@ -38,50 +22,16 @@ def region() -> Iterator[Region]:
         yield r
 
 
-class Cluster:
-    def __init__(self, region: Region, kube: KubeSandbox, workdir: Path, toolchain) -> None:
-        self.region, self.kube, self.workdir, self.toolchain = region, kube, workdir, toolchain
-        self.name = f"c{next(_n)}-{os.getpid() % 1000}"
-        self.region.create_launch_template(f"{self.name}-lt")
-        self.instances: dict[str, SandboxInstance] = {}
-
-    def group(self, role: str, size: int) -> list[str]:
-        group = f"{self.name}-{role}"
-        self.region.create_group(
-            group, f"{self.name}-lt", desired=size, max_size=size + 5,
-            hooks=[Hook("launch", "launching", heartbeat_timeout=3600, default_result="ABANDON")],
-            tags={"herd:cluster": self.name, "herd:role": role},
-        )
-        ids = self.region.group_instances(group)
-        for iid in ids:
-            inst = SandboxInstance(iid, self.workdir / iid, {
-                **self.region.env(iid),
-                "HERD_SANDBOX_KUBECONFIG": str(self.kube.admin_kubeconfig),
-                "HERD_SANDBOX_ETCD": str(self.toolchain.etcd),
-            }).prepare()
-            inst.write_config(CONFIG)
-            self.instances[iid] = inst
-        return ids
-
-    def join(self, iid: str, *args: str):
-        r = self.instances[iid].agent("join", *args)
-        return r
-
-    def close(self) -> None:
-        for inst in self.instances.values():
-            inst.stop_units()
-
-
 @pytest.fixture
-def cluster(region: Region, kube_sandbox: KubeSandbox, tmp_path: Path, toolchain) -> Iterator[Cluster]:
-    c = Cluster(region, kube_sandbox, tmp_path, toolchain)
+def cluster(region: Region, kube_sandbox: KubeSandbox, tmp_path: Path, toolchain) -> Iterator[SandboxCluster]:
+    c = SandboxCluster(region, kube_sandbox, tmp_path, toolchain)
     try:
         yield c
     finally:
         c.close()
 
 
-def etcd_members(inst: SandboxInstance, ip: str) -> list[dict]:
+def etcd_members(ip: str) -> list[dict]:
     import requests
 
     r = requests.post(f"http://{ip}:2379/v3/cluster/member/list", json={}, timeout=5)
@@ -89,12 +39,11 @@ def etcd_members(inst: SandboxInstance, ip: str) -> list[dict]:
     return r.json()["members"]
 
 
-def joined(c: Cluster, iid: str) -> None:
-    r = c.join(iid)
-    assert r.returncode == 0, f"join on {iid} failed ({r.returncode}):\n{r.stderr[-3000:]}"
+def joined(c: SandboxCluster, iid: str) -> None:
+    c.join(iid)
 
 
-def test_founder_two_control_planes_and_three_workers(cluster: Cluster) -> None:
+def test_founder_two_control_planes_and_three_workers(cluster: SandboxCluster) -> None:
     c = cluster
     cps = c.group("control-plane", 3)
     first = cps[0]
@@ -116,7 +65,7 @@ def test_founder_two_control_planes_and_three_workers(cluster: Cluster) -> None:
         assert c.region.lifecycle_state(iid) == "InService"
         assert nodes[iid]["metadata"]["labels"]["topology.kubernetes.io/zone"].startswith("us-east-1")
     # One etcd cluster of three voters, one member per control plane.
-    members = etcd_members(c.instances[first], c.region.instance(first).private_ip)
+    members = etcd_members(c.region.instance(first).private_ip)
     assert sorted(m["name"] for m in members) == sorted(cps)
     assert not any(m.get("isLearner") for m in members)
     # /etc/hosts on every instance points the endpoint at a control plane.
@@ -133,7 +82,7 @@ def test_founder_two_control_planes_and_three_workers(cluster: Cluster) -> None:
         assert len(actions) <= 4, actions
 
 
-def test_rerun_changes_nothing(cluster: Cluster) -> None:
+def test_rerun_changes_nothing(cluster: SandboxCluster) -> None:
     c = cluster
     (cp,) = c.group("control-plane", 1)
     joined(c, cp)
@@ -143,7 +92,7 @@ def test_rerun_changes_nothing(cluster: Cluster) -> None:
     files = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in inst.root_dir.rglob("*")
              if p.is_file() and "proc" not in p.parts and "herd-sandbox" not in p.parts}
     before = len(c.region.calls(caller=w))
-    r = c.join(w)
+    r = c.instances[w].agent("join")
     assert r.returncode == 0, r.stderr
     assert len(c.region.calls(caller=w)) == before  # no AWS call at all: identity is IMDS only
     after = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in files}
@@ -151,17 +100,17 @@ def test_rerun_changes_nothing(cluster: Cluster) -> None:
     assert changed == []
 
 
-def test_five_control_planes_at_once_found_one_cluster(cluster: Cluster) -> None:
+def test_five_control_planes_at_once_found_one_cluster(cluster: SandboxCluster) -> None:
     c = cluster
     cps = c.group("control-plane", 5)
     with concurrent.futures.ThreadPoolExecutor(5) as pool:
-        results = list(pool.map(c.join, cps))
+        results = list(pool.map(lambda i: c.instances[i].agent("join"), cps))
     for iid, r in zip(cps, results, strict=True):
         assert r.returncode == 0, f"{iid}: {r.stderr[-2000:]}"
     founders = [i for i in cps
                 if json.loads(c.instances[i].root.read_text("/var/lib/herd-agent/join.json"))["founder"]]
     assert len(founders) == 1
-    members = etcd_members(c.instances[founders[0]], c.region.instance(founders[0]).private_ip)
+    members = etcd_members(c.region.instance(founders[0]).private_ip)
     assert sorted(m["name"] for m in members) == sorted(cps)
     assert not any(m.get("isLearner") for m in members)
     assert len(c.kube.list("Node")) == 5
