@@ -77,7 +77,9 @@ FIGURES = [
            "systemctl and k3s stand-ins — start on 2 cores, which dominates this figure)."),
     Figure("scaleout_aws_calls_per_node", "scaleout", ("aws_calls_per_node",), "calls", "≤ 2",
            "AWS calls per worker in the 50-node scale-out that were answered (throttled attempts excluded), "
-           "from the region's call log.", goal_value=2),
+           "from the region's call log. The worker join makes four by design (DescribeInstances, GetParameter, "
+           "DescribeLifecycleHooks, CompleteLifecycleAction: docs/join.md), so this misses ≤ 2 until the join "
+           "drops two of them.", goal_value=2),
     Figure("scaleout_aws_retries_per_node", "scaleout", ("aws_retries_per_node",), "calls", "—",
            "Throttled calls per worker in the same scale-out (each retried by botocore's standard mode), "
            "reported apart from the calls above."),

@@ -268,13 +268,13 @@ class ScenarioCluster:
     def stop(self) -> None:
         """Kill every agent process (SIGKILL: the sandbox is switched off, not shut down), stop
         every unit on every machine, then the monitors, the API and the region. Idempotent."""
-        self._closing.set()
+        with self._mu:  # agent processes are started under this lock after checking _closing
+            self._closing.set()
+            machines = list(self.machines.values())
         if self.aws_monitor:
             self.aws_monitor.stop()
         for future in self._boots:
             future.cancel()
-        with self._mu:
-            machines = list(self.machines.values())
         for m in machines:
             for proc in (m.join, m.watch):
                 _kill_group(proc, signal.SIGKILL)
