@@ -9,7 +9,8 @@ Every ``watch.poll_interval_s`` it reads, over IMDSv2 with one token per TTL:
 - ``spot/instance-action``: terminate, stop or hibernate two minutes ahead (the notice's
   ``time`` is the deadline);
 - ``events/recommendations/rebalance`` and ``events/maintenance/scheduled``: per
-  ``watch.on_rebalance`` / ``watch.on_maintenance`` (ignore, cordon or leave).
+  ``watch.on_rebalance`` / ``watch.on_maintenance`` (ignore, cordon or leave). These advisories
+  come minutes to days ahead, so they are read every tenth poll only.
 
 It sends ``READY=1`` after the first good poll and ``WATCHDOG=1`` while polls succeed, and keeps
 the /etc/hosts endpoint pointing at a healthy control plane (probing the recorded one every
@@ -43,6 +44,7 @@ from herd_agent.logs import RateLimitedLogger
 
 log = logging.getLogger(__name__)
 
+ADVISORY_EVERY = 10  # polls between two reads of the rebalance and maintenance paths
 SHUTDOWN_TARGETS = ("shutdown.target", "reboot.target", "poweroff.target", "halt.target", "kexec.target")
 
 
@@ -97,6 +99,7 @@ class Watcher:
         self._handled: set[str] = set()
         self._next_hosts_check = 0.0
         self._next_metrics = 0.0
+        self._polls = 0
 
     # --- the loop --------------------------------------------------------------------------------
     def healthy(self) -> bool:
@@ -129,8 +132,11 @@ class Watcher:
                 self.instance_id = (self.imds.get("/latest/meta-data/instance-id") or "").strip()
             target = self.imds.target_lifecycle_state()
             spot = self.imds.spot_instance_action()
-            rebalance = self.imds.rebalance_recommendation()
-            events = self.imds.scheduled_events()
+            # Advisories come minutes (rebalance) to days (maintenance) ahead: every 10th poll.
+            advisory = self._polls % ADVISORY_EVERY == 0
+            self._polls += 1
+            rebalance = self.imds.rebalance_recommendation() if advisory else None
+            events = self.imds.scheduled_events() if advisory else []
         except ImdsError as exc:
             self.limited.log(logging.WARNING, "imds", "IMDS poll failed: %s", exc)
             return
@@ -255,7 +261,7 @@ class Watcher:
     def refresh_hosts(self) -> None:
         """Keep the endpoint name on a healthy control plane: probe the recorded one (no AWS call);
         only when it stopped answering, look the control planes up by tag and pick a healthy one."""
-        from herd_agent.join.sequence import load_state
+        from herd_agent.join.state import load_state
 
         state = load_state(self.root)
         if state is None or not state.endpoint_ip or state.instance_id != self.instance_id:
@@ -279,7 +285,7 @@ class Watcher:
             import json
             from dataclasses import asdict
 
-            from herd_agent.join.sequence import STATE_FILE
+            from herd_agent.join.state import STATE_FILE
 
             self.root.write(STATE_FILE, json.dumps(asdict(state), indent=1) + "\n", mode=0o644)
         except Exception as exc:

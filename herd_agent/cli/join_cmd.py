@@ -77,7 +77,7 @@ def hosts_sync(obj: object) -> None:
     from herd_agent.discovery.identity import read_identity
     from herd_agent.discovery.imds import ImdsClient
     from herd_agent.join import hosts, k3s_config
-    from herd_agent.join.sequence import load_state
+    from herd_agent.join.state import load_state
 
     cfg = prepare(obj)
     root = obj.root  # type: ignore[attr-defined]

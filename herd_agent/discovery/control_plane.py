@@ -21,8 +21,6 @@ import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import tenacity
-
 from herd_agent.config.loader import Config
 from herd_agent.discovery.identity import Identity
 from herd_agent.errors import ExitCode, HerdError
@@ -149,6 +147,8 @@ def discover(
         if found is None:
             raise NoControlPlaneError("none healthy yet")
         return found
+
+    import tenacity
 
     retrying = tenacity.Retrying(
         stop=tenacity.stop_after_attempt(cfg.get("discovery.attempts")),

@@ -14,6 +14,7 @@ The endpoint is ``AWS_EC2_METADATA_SERVICE_ENDPOINT`` when set (as the AWS SDKs 
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -21,9 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
-
-import requests
-import tenacity
+from urllib.parse import urlsplit
 
 from herd_agent.errors import ExitCode, HerdError
 from herd_agent.redact import register_secret
@@ -46,7 +45,11 @@ class _Retryable(Exception):
 
 
 class ImdsClient:
-    """A small IMDSv2 client.
+    """A small IMDSv2 client over one keep-alive HTTP connection (stdlib ``http.client``).
+
+    IMDS is plain HTTP on a link-local address: no TLS, no proxies, no cookies, so the standard
+    library's client is all it takes, and it keeps the resident watcher small (``requests`` alone
+    would cost it ~15 MiB). Retries use tenacity, imported on the first failure only.
 
     Args:
         endpoint: base URL (``http://169.254.169.254``); ``AWS_EC2_METADATA_SERVICE_ENDPOINT``
@@ -55,6 +58,7 @@ class ImdsClient:
         timeout_s: per-request timeout, seconds.
         attempts: tries per request on 5xx/connection errors/timeouts.
         clock: monotonic seconds (tests inject one).
+        backoff_max_s: longest wait between two tries, seconds.
     """
 
     def __init__(
@@ -68,16 +72,19 @@ class ImdsClient:
         backoff_max_s: float = 2.0,
     ) -> None:
         self.endpoint = (os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or endpoint).rstrip("/")
+        parts = urlsplit(self.endpoint)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ImdsError(f"IMDS endpoint must be an http:// URL, got {self.endpoint!r}", exit_code=ExitCode.CONFIG)
+        self._host, self._port = parts.hostname, parts.port or 80
         self.token_ttl_s = token_ttl_s
         self.timeout_s = timeout_s
         self.attempts = attempts
         self._clock = clock
         self._backoff_max_s = backoff_max_s
-        self._session = requests.Session()
-        self._session.trust_env = False  # never route IMDS through a proxy
+        self._conn: http.client.HTTPConnection | None = None
         self._token: str | None = None
         self._token_expires = 0.0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.token_fetches = 0
 
     @classmethod
@@ -91,16 +98,46 @@ class ImdsClient:
         )
 
     def close(self) -> None:
-        """Close the HTTP session."""
-        self._session.close()
+        """Close the HTTP connection."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
-    def _retrying(self) -> tenacity.Retrying:
+    def _request(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, str]:
+        """One request on the kept-alive connection; (status, body). Raises _Retryable on transport
+        errors (after dropping the connection) and on 5xx."""
+        with self._lock:
+            try:
+                if self._conn is None:
+                    self._conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout_s)
+                self._conn.request(method, path, headers=headers)
+                resp = self._conn.getresponse()
+                body = resp.read().decode("utf-8", "replace")
+                if resp.will_close:
+                    self.close()
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                raise _Retryable(f"{type(exc).__name__}: {exc}") from None
+        if resp.status >= 500:
+            raise _Retryable(f"HTTP {resp.status}")
+        return resp.status, body
+
+    def _with_retries(self, fn: Callable[[], Any]) -> Any:
+        """``fn()``; on a retryable failure, up to ``attempts`` tries in all with exponential backoff."""
+        try:
+            return fn()
+        except _Retryable:
+            if self.attempts <= 1:
+                raise
+        import tenacity  # only once something failed: the idle watcher never pays for it
+
         return tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.attempts),
+            stop=tenacity.stop_after_attempt(self.attempts - 1),
             wait=tenacity.wait_exponential(multiplier=0.1, max=self._backoff_max_s),
-            retry=tenacity.retry_if_exception_type((_Retryable, requests.ConnectionError, requests.Timeout)),
+            retry=tenacity.retry_if_exception_type(_Retryable),
             reraise=True,
-        )
+        )(fn)
 
     def token(self, *, force: bool = False) -> str:
         """A valid session token, fetched or renewed when needed.
@@ -112,21 +149,15 @@ class ImdsClient:
             margin = max(60.0, self.token_ttl_s / 10)
             if not force and self._token and self._clock() < self._token_expires - min(margin, self.token_ttl_s / 2):
                 return self._token
+            started = self._clock()
             try:
-                for attempt in self._retrying():
-                    with attempt:
-                        started = self._clock()
-                        r = self._session.put(
-                            self.endpoint + TOKEN_PATH, headers={TTL_HEADER: str(self.token_ttl_s)},
-                            timeout=self.timeout_s,
-                        )
-                        if r.status_code >= 500:
-                            raise _Retryable(f"HTTP {r.status_code}")
-                        if r.status_code != 200:
-                            raise ImdsError(f"IMDS refused a token (HTTP {r.status_code} on PUT {TOKEN_PATH})")
-            except (_Retryable, requests.RequestException) as exc:
+                status, body = self._with_retries(
+                    lambda: self._request("PUT", TOKEN_PATH, {TTL_HEADER: str(self.token_ttl_s)}))
+            except _Retryable as exc:
                 raise ImdsError(f"IMDS at {self.endpoint} gave no token after {self.attempts} tries: {exc}") from None
-            self._token = r.text.strip()
+            if status != 200:
+                raise ImdsError(f"IMDS refused a token (HTTP {status} on PUT {TOKEN_PATH})")
+            self._token = body.strip()
             register_secret(self._token)
             self._token_expires = started + self.token_ttl_s
             self.token_fetches += 1
@@ -141,27 +172,23 @@ class ImdsClient:
         Raises:
             ImdsError: 404 on a required path, another 4xx, or no answer after the retries.
         """
-        url = self.endpoint + path
-        refreshed = False
+        def once() -> tuple[int, str]:
+            status, body = self._request("GET", path, {TOKEN_HEADER: self.token()})
+            if status == 401:  # expired or revoked: a new token, then this path again
+                status, body = self._request("GET", path, {TOKEN_HEADER: self.token(force=True)})
+            return status, body
+
         try:
-            for attempt in self._retrying():
-                with attempt:
-                    r = self._session.get(url, headers={TOKEN_HEADER: self.token()}, timeout=self.timeout_s)
-                    if r.status_code == 401 and not refreshed:
-                        refreshed = True
-                        self.token(force=True)
-                        raise _Retryable("token expired")
-                    if r.status_code >= 500:
-                        raise _Retryable(f"HTTP {r.status_code}")
-        except (_Retryable, requests.RequestException) as exc:
+            status, body = self._with_retries(once)
+        except _Retryable as exc:
             raise ImdsError(f"IMDS GET {path} failed after {self.attempts} tries: {exc}") from None
-        if r.status_code == 404:
+        if status == 404:
             if optional:
                 return None
             raise ImdsError(f"IMDS has no {path} (HTTP 404)", exit_code=ExitCode.DATA)
-        if r.status_code != 200:
-            raise ImdsError(f"IMDS GET {path}: HTTP {r.status_code}")
-        return r.text
+        if status != 200:
+            raise ImdsError(f"IMDS GET {path}: HTTP {status}")
+        return body
 
     def get_json(self, path: str, *, optional: bool = False) -> Any:
         """GET and decode JSON (None on an optional 404)."""

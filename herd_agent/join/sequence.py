@@ -24,7 +24,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -39,35 +39,12 @@ from herd_agent.host.notify import Notifier
 from herd_agent.host.runner import Result, Runner
 from herd_agent.join import founder as founder_mod
 from herd_agent.join import hosts, k3s_config, kernel, token
+from herd_agent.join.state import STATE_FILE, JoinState, load_state
 from herd_agent.logs import set_context, step
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "/var/lib/herd-agent/join.json"
 PHASES = ("config", "ready", "all")
-
-
-@dataclass
-class JoinState:
-    """What the join has done so far (``/var/lib/herd-agent/join.json``)."""
-
-    instance_id: str
-    cluster: str
-    role: str
-    founder: bool = False
-    endpoint_ip: str | None = None
-    configured: bool = False
-    ready: bool = False
-    hook_completed: bool = False
-    updated: float = field(default_factory=time.time)
-
-
-def load_state(root: HostRoot) -> JoinState | None:
-    """The journaled state, or None (missing or unreadable: start over)."""
-    try:
-        return JoinState(**json.loads(root.read_text(STATE_FILE)))
-    except (FileNotFoundError, ValueError, TypeError):
-        return None
 
 
 class PlanRoot(HostRoot):

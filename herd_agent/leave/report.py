@@ -45,44 +45,62 @@ def node_event(kube: Any, node: str, reason: str, message: str, *, warning: bool
         _limited.log(logging.WARNING, "event", "could not create Event %s on Node %s: %s", reason, node, exc)
 
 
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def render_gauges(gauges: list[tuple[str, str, float, dict[str, str]]]) -> str:
+    """Prometheus text exposition format (version 0.0.4) for gauges: ``# HELP``, ``# TYPE``, samples.
+
+    Args:
+        gauges: ``(name, help, value, labels)`` tuples.
+
+    The format is small enough to write directly; the tests parse the output with
+    prometheus_client's own parser. Importing prometheus_client would cost the resident watcher
+    2.3 MiB of its 25 MiB budget (docs/dependencies.md).
+    """
+    lines = []
+    for name, doc, value, labels in gauges:
+        lines.append(f"# HELP {name} {doc}")
+        lines.append(f"# TYPE {name} gauge")
+        label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
+        lines.append(f"{name}{{{label_text}}} {float(value)!r}" if labels else f"{name} {float(value)!r}")
+    return "\n".join(lines) + "\n"
+
+
 def write_metrics(root: HostRoot, cfg: Config, values: dict[str, Any]) -> None:
-    """Write ``herd_agent.prom`` into ``metrics.textfile_dir`` (atomic, 0644).
+    """Write ``herd_agent.prom`` into ``metrics.textfile_dir`` (atomic, 0644) for node_exporter's
+    textfile collector.
 
     Args:
         values: any of ``leave_duration_seconds``, ``pods_evicted``, ``pods_blocked``,
             ``termination_reason`` (str), ``watcher_healthy`` (bool), ``watcher_last_poll``
-            (epoch seconds).
+            (epoch seconds). Values given before and not now are kept (the file is one set).
     """
+    spec = {
+        "leave_duration_seconds": ("herd_agent_leave_duration_seconds", "Seconds the last leave sequence took."),
+        "pods_evicted": ("herd_agent_leave_pods_evicted", "Pods evicted by the last leave."),
+        "pods_blocked": ("herd_agent_leave_pods_blocked", "Pods that did not leave in time in the last leave."),
+        "watcher_healthy": ("herd_agent_watcher_healthy", "1 when the watcher's last IMDS poll succeeded."),
+        "watcher_last_poll": ("herd_agent_watcher_last_poll_timestamp_seconds",
+                              "Epoch seconds of the watcher's last good IMDS poll."),
+    }
+    _state.update(values)
+    gauges: list[tuple[str, str, float, dict[str, str]]] = []
+    for key, (name, doc) in spec.items():
+        if key in _state:
+            gauges.append((name, doc, float(_state[key]), {}))
+    if "termination_reason" in _state:
+        gauges.append(("herd_agent_last_termination_reason", "The last termination reason (value 1).", 1.0,
+                       {"reason": str(_state["termination_reason"])}))
     try:
-        from prometheus_client import CollectorRegistry, Gauge, generate_latest
-
-        reg = CollectorRegistry()
-
-        def gauge(name: str, doc: str, value: float, **labels: str) -> None:
-            g = Gauge(name, doc, list(labels), registry=reg)
-            (g.labels(**labels) if labels else g).set(value)
-
-        if "leave_duration_seconds" in values:
-            gauge("herd_agent_leave_duration_seconds", "Seconds the last leave sequence took.",
-                  values["leave_duration_seconds"])
-        if "pods_evicted" in values:
-            gauge("herd_agent_leave_pods_evicted", "Pods evicted by the last leave.", values["pods_evicted"])
-        if "pods_blocked" in values:
-            gauge("herd_agent_leave_pods_blocked", "Pods that did not leave in time in the last leave.",
-                  values["pods_blocked"])
-        if "termination_reason" in values:
-            gauge("herd_agent_last_termination_reason", "The last termination reason (value 1).", 1,
-                  reason=str(values["termination_reason"]))
-        if "watcher_healthy" in values:
-            gauge("herd_agent_watcher_healthy", "1 when the watcher's last IMDS poll succeeded.",
-                  1.0 if values["watcher_healthy"] else 0.0)
-        if "watcher_last_poll" in values:
-            gauge("herd_agent_watcher_last_poll_timestamp_seconds", "Epoch seconds of the last good IMDS poll.",
-                  values["watcher_last_poll"])
         path = f"{cfg.get('metrics.textfile_dir').rstrip('/')}/{METRICS_FILE}"
-        root.write(path, generate_latest(reg).decode(), mode=0o644)
+        root.write(path, render_gauges(gauges), mode=0o644)
     except Exception as exc:
         _limited.log(logging.WARNING, "metrics", "could not write the metrics textfile: %s", exc)
+
+
+_state: dict[str, Any] = {}
 
 
 def webhook(cfg: Config, event: dict[str, Any]) -> None:
