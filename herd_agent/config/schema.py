@@ -183,6 +183,9 @@ SCHEMA = Schema(
         Opt("k3s.extra", "map[str,any]", {}, "Extra k3s config keys (flags without dashes), merged into our file."),
         # join
         Opt("join.ready_timeout_s", "int", 600, "Longest wait for the Node to turn Ready, seconds.", min=10, max=7200),
+        Opt("join.launch_hook_name", "str", None,
+            "Name of the group's launch lifecycle hook; unset: looked up with DescribeLifecycleHooks "
+            "(one more AWS call per join).", nullable=True, pattern=r"[A-Za-z0-9\-_/]{1,255}"),
         Opt("join.failure_result", "str", "ABANDON", "Launch-hook result when the join definitely fails.",
           choices=("ABANDON", "CONTINUE")),
         # Kubernetes credentials

@@ -177,8 +177,8 @@ class JoinSequence:
         try:
             from herd_agent import lifecycle
 
-            for hook in lifecycle.hooks(ident.region, ident.asg_name, lifecycle.LAUNCHING):
-                lifecycle.complete(ident.region, ident.asg_name, hook.name, ident.instance_id, result)
+            for name in self._launch_hooks():
+                lifecycle.complete(ident.region, ident.asg_name, name, ident.instance_id, result)
         except HerdError as hook_exc:
             log.error("could not complete the launch hook: %s", hook_exc)
 
@@ -296,14 +296,24 @@ class JoinSequence:
             if not ident.asg_name:
                 log.info("not in an Auto Scaling group; no launch hook to complete")
             else:
-                for hook in lifecycle.hooks(ident.region, ident.asg_name, lifecycle.LAUNCHING):
-                    self._mutate(f"autoscaling:CompleteLifecycleAction {hook.name} CONTINUE",
-                                 lambda h=hook: lifecycle.complete(ident.region, ident.asg_name, h.name,
+                for name in self._launch_hooks():
+                    self._mutate(f"autoscaling:CompleteLifecycleAction {name} CONTINUE",
+                                 lambda n=name: lifecycle.complete(ident.region, ident.asg_name, n,
                                                                    ident.instance_id, "CONTINUE"))
             if not self.plan:
                 state.hook_completed = True
                 self._save()
         self._status(f"joined cluster {ident.cluster} as {ident.role} {node_name}")
+
+    def _launch_hooks(self) -> list[str]:
+        """Names of the group's launch hooks: ``join.launch_hook_name``, or DescribeLifecycleHooks."""
+        from herd_agent import lifecycle
+
+        assert self.ident is not None and self.ident.asg_name
+        configured = self.cfg.get("join.launch_hook_name")
+        if configured:
+            return [configured]
+        return [h.name for h in lifecycle.hooks(self.ident.region, self.ident.asg_name, lifecycle.LAUNCHING)]
 
     # --- plan output ---------------------------------------------------------------------------
     def plan_report(self) -> str:

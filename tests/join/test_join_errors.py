@@ -86,3 +86,12 @@ def test_bad_config_is_78_before_anything_else(region: Region, tmp_path: Path) -
     assert r.returncode == 78
     assert "discovery.atempts: unknown key; did you mean discovery.attempts?" in r.stderr
     assert region.calls(caller=inst.instance_id) == []
+
+
+def test_configured_launch_hook_name_saves_the_lookup(region: Region, tmp_path: Path) -> None:
+    inst = worker(region, tmp_path, config="join:\n  launch_hook_name: launch\n")
+    r = inst.agent("join")
+    assert r.returncode == 69
+    actions = [c.action for c in region.calls(caller=inst.instance_id)]
+    assert "DescribeLifecycleHooks" not in actions and actions[-1] == "CompleteLifecycleAction"
+    assert [(a.result, a.how) for a in region.finished_actions(inst.instance_id)] == [("ABANDON", "completed")]
