@@ -271,3 +271,25 @@ def test_control_plane_scale_in_keeps_quorum(make_cluster) -> None:
     assert health["health"] == "true"
     assert finished_journal(c, leaving)["steps"]["etcd"]["status"] == "done"
     assert c.kube.find("Node", leaving) is None
+
+
+def test_plan_leave_shows_pods_budgets_and_blockers_and_changes_nothing(make_cluster) -> None:
+    c = make_cluster()
+    (cp,) = c.group("control-plane", 1)
+    c.join(cp)
+    cordon(c.kube, cp)
+    (w1,) = c.group("node", 1)
+    c.join(w1)
+    c.kube.seed(deployment("web", 3), pdb("web", "web", minAvailable=3), deployment("cache", 1, empty_dir=True))
+    c.kube.wait_for(lambda: len(live_pods(c.kube, w1)) == 4, timeout=30)
+    r = c.instances[w1].agent("plan", "leave")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert f"leave plan for Node {w1} (worker)" in out
+    assert out.count("evict ") >= 4 and "[default/web]" in out
+    assert "default/web: 0 disruption(s) allowed now (3 healthy, 3 needed)" in out
+    assert "PodDisruptionBudget default/web allows no disruption now" in out
+    assert "expected duration: about" in out
+    assert not c.kube.get("Node", w1)["spec"].get("unschedulable")
+    assert len(live_pods(c.kube, w1)) == 4
+    assert not c.instances[w1].root.exists("/var/lib/herd-agent/leave.json")
