@@ -19,7 +19,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -699,9 +698,3 @@ def _stop_units_quietly(inst: Any) -> None:
     except Exception:  # noqa: BLE001 - teardown goes on; leftovers show up in the process check
         pass
 
-
-def copy_admin_kubeconfig(cluster: ScenarioCluster, dest: Path) -> Path:
-    """Copy the emulator's admin kubeconfig to ``dest`` (mode 0600); returns ``dest``."""
-    shutil.copy(cluster.kube.admin_kubeconfig, dest)
-    dest.chmod(0o600)
-    return dest
