@@ -100,6 +100,7 @@ class Watcher:
         self._next_hosts_check = 0.0
         self._next_metrics = 0.0
         self._polls = 0
+        self._next_gc = time.monotonic() + float(cfg.get("etcd.gc_interval_s"))
 
     # --- the loop --------------------------------------------------------------------------------
     def healthy(self) -> bool:
@@ -162,6 +163,9 @@ class Watcher:
                 self.on_advice("maintenance", self.cfg.get("watch.on_maintenance"),
                                f"scheduled event {event.get('Code')} {event.get('EventId')}")
         now = time.monotonic()
+        if now >= self._next_gc:
+            self._next_gc = now + float(self.cfg.get("etcd.gc_interval_s"))
+            self.etcd_gc()
         if now >= self._next_hosts_check:
             self._next_hosts_check = now + float(self.cfg.get("hosts.refresh_interval_s"))
             self.refresh_hosts()
@@ -256,6 +260,34 @@ class Watcher:
 
             LeaveSequence(self.root, self.cfg, imds=self.imds, notifier=self.notifier).run(None)
             self.left = journal.steps["complete-hook"].status != "skipped"
+
+    # --- etcd ----------------------------------------------------------------------------------------
+    def etcd_gc(self) -> None:
+        """Control planes, external etcd: one stale-member pass (``herd-agent etcd gc``) under the
+        membership lock, with EC2 as cloud truth. Imports boto3 only here, on control planes."""
+        from herd_agent.join.state import load_state
+
+        state = load_state(self.root)
+        if state is None or state.role != "control-plane" or self.cfg.get("etcd.mode") != "external" \
+                or state.instance_id != self.instance_id:
+            return
+        try:
+            from herd_agent import aws
+            from herd_agent.etcd.gc import Ec2InstanceOracle
+            from herd_agent.etcd.membership import Membership
+            from herd_agent.etcd.settings import EtcdSettings
+            from herd_agent.etcd.settings import Identity as EtcdIdentity
+
+            ip = (self.imds.get("/latest/meta-data/local-ipv4") or "").strip()
+            region = (self.imds.get("/latest/meta-data/placement/region") or "").strip()
+            settings = EtcdSettings.from_config(self.cfg, cluster=state.cluster)
+            me = Membership(self.root, settings, EtcdIdentity(state.instance_id, ip))
+            result = me.gc([settings.client_url(ip)], Ec2InstanceOracle(region, client=aws.client("ec2", region)))
+            if result.removed is not None:
+                log.warning("etcd gc removed stale member %s", result.removed)
+            self.limited.reset("etcd-gc")
+        except Exception as exc:
+            self.limited.log(logging.WARNING, "etcd-gc", "etcd stale-member pass failed: %s", exc)
 
     # --- /etc/hosts --------------------------------------------------------------------------------
     def refresh_hosts(self) -> None:

@@ -175,6 +175,9 @@ SCHEMA = Schema(
         Opt("etcd.data_dir", "str", "/var/lib/etcd", "etcd data directory (external mode).", pattern=r"/.*"),
         Opt("etcd.stale_grace_s", "int", 300, "A member whose instance is gone this long is stale, seconds.",
           min=30, max=86400),
+        Opt("etcd.gc_interval_s", "int", 300,
+            "How often a control plane's watcher runs the stale-member pass (external mode), seconds.",
+            min=30, max=86400),
         Opt("etcd.unstarted_grace_s", "int", 600, "A member added but never started this long is stale, seconds.",
           min=60, max=86400),
         # k3s
