@@ -130,7 +130,7 @@ def main() -> int:
             for n, w in enumerate(workers[:-1]):
                 for other in workers:  # only this worker takes the 20 pods
                     kube.modify("Node", other.instance_id,
-                                lambda node, o=other: node["spec"].update(unschedulable=o is not w))
+                                lambda node, o=other, w=w: node["spec"].update(unschedulable=o is not w))
                 workload(kube, w.instance_id, n)
                 kube.modify("Node", spare.instance_id, lambda node: node["spec"].update(unschedulable=False))
                 started = time.monotonic()
