@@ -27,7 +27,10 @@ def staged(tmp_path: Path, names: list[str]) -> list[Path]:
     out = []
     for name in names:
         p = tmp_path / name
-        p.write_text((UNITS / name).read_text().replace("/usr/bin/herd-agent", str(shim)))
+        text = (UNITS / name).read_text()
+        for binary in ("/usr/bin/herd-agent", "/usr/local/bin/etcd"):
+            text = text.replace(binary, str(shim))
+        p.write_text(text)
         out.append(p)
     return out
 
