@@ -1,13 +1,15 @@
-"""The same join/leave path against etcd 3.4 (Debian ``etcd-server`` 3.4.23 at /usr/bin/etcd).
+"""The same join/leave path against etcd 3.4 (Debian ``etcd-server`` 3.4.23).
 
-CI installs it with ``apt-get install etcd-server``; without it these tests are skipped with
-that instruction. The systemctl stand-in runs it through ``HERD_SANDBOX_ETCD``.
+``scripts/setup`` unpacks the Debian package's binary into ``.toolchain/bin/etcd-3.4`` with
+``apt-get download`` + ``dpkg-deb -x`` (no service is installed or started); an installed
+``/usr/bin/etcd`` 3.4 works too. The systemctl stand-in runs it through ``HERD_SANDBOX_ETCD``.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -16,13 +18,14 @@ from tests.etcd.harness import healthy_voters_equal, wait_for
 
 pytestmark = pytest.mark.allow_subprocess
 
-ETCD34 = shutil.which("etcd", path="/usr/bin")
+ETCD34 = shutil.which("etcd-3.4", path=str(Path(__file__).resolve().parents[2] / ".toolchain" / "bin")) \
+    or shutil.which("etcd", path="/usr/bin")
 
 
 @pytest.fixture
 def lab34(lab):
     if not ETCD34:
-        pytest.skip("etcd 3.4 not installed: apt-get install etcd-server (Debian 3.4.23)")
+        pytest.skip("etcd 3.4 not found: run scripts/setup (it unpacks Debian's etcd-server into .toolchain)")
     version = subprocess.run([ETCD34, "--version"], capture_output=True, text=True, check=True).stdout
     if "Version: 3.4." not in version:
         pytest.skip(f"/usr/bin/etcd is not etcd 3.4: {version.splitlines()[0]}")
