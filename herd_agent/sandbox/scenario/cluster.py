@@ -219,11 +219,13 @@ class ScenarioCluster:
         watch: start ``herd-agent watch`` on every joined instance.
         max_parallel_boots: instances booting (running their join) at once.
         throttle_seed: seed of the region's throttling decisions (reproducible benchmarks).
+        extra_config: per role, YAML written to ``/etc/herd-agent/config.d/50-extra.yaml`` of
+            instances booted from then on (the dict may be changed while the cluster runs).
     """
 
     def __init__(self, state_dir: Path, timeline: Timeline, tools: Tools, *, etcd_mode: str = "external",
                  name: str = "sandbox", watch: bool = True, max_parallel_boots: int = 64,
-                 throttle_seed: int | None = None) -> None:
+                 throttle_seed: int | None = None, extra_config: dict[str, str] | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.timeline = timeline
         self.tools = tools
@@ -231,6 +233,7 @@ class ScenarioCluster:
         self.name = name
         self.watch_enabled = watch
         self.throttle_seed = throttle_seed
+        self.extra_config = dict(extra_config or {})
         self.region: Any = None
         self.kube: Any = None
         self.kubectl: Kubectl | None = None
@@ -367,6 +370,8 @@ class ScenarioCluster:
         if worker:
             m.inst.root.write(WORKER_KUBECONFIG, Path(self.kube.admin_kubeconfig).read_text(), mode=0o600)
         m.inst.write_config(agent_config(self.etcd_mode, worker))
+        if self.extra_config.get(m.role):
+            m.inst.write_config(self.extra_config[m.role], name="50-extra.yaml")
         m.booted_at = self.timeline.now()
         self.timeline.add(m.label, f"booted ({m.role}, {m.ip}): herd-agent join", instance_id=m.instance_id)
         started = time.monotonic()
