@@ -117,9 +117,9 @@ class Watcher:
         self._resume_unfinished_leave()
         while not self.left:
             self.poll_once()
-            if self.term.is_set():
-                return self.on_sigterm()
-            if self.term.wait(self.interval):
+            if self.left:
+                break
+            if self.term.is_set() or self.term.wait(self.interval):
                 return self.on_sigterm()
         self.notifier.stopping("left the cluster")
         # Nothing more to watch: stay until systemd stops us, so Restart= does not loop.
@@ -153,6 +153,8 @@ class Watcher:
             self.on_spot(spot)
         elif target == "Terminated" and "asg" not in self._handled:
             self.on_target_terminated()
+        if self.left:
+            return  # the node is gone from the cluster: no more hosts refresh, gc or advisories
         if rebalance and "rebalance" not in self._handled:
             self._handled.add("rebalance")
             self.on_advice("rebalance", self.cfg.get("watch.on_rebalance"), f"rebalance recommendation {rebalance}")
@@ -226,6 +228,8 @@ class Watcher:
 
     def on_sigterm(self) -> int:
         """SIGTERM: leave when the machine shuts down; exit quietly when only the service stops."""
+        if self.left:
+            return 0  # already left the cluster: nothing more to do, whatever the reason
         if system_is_shutting_down():
             log.warning("the machine is shutting down: leaving the cluster")
             self.notifier.stopping("shutting down: leaving the cluster")

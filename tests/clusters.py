@@ -50,7 +50,8 @@ class SandboxCluster:
 
     def group(self, role: str, size: int, *, terminate_hook: bool = False, heartbeat_timeout: int = 3600) -> list[str]:
         group = f"{self.name}-{role}"
-        hooks = [Hook("launch", "launching", heartbeat_timeout=3600, default_result="ABANDON")]
+        # 7200 s (the most AWS allows) is 72 s at time factor 0.01: room for a join on a loaded machine.
+        hooks = [Hook("launch", "launching", heartbeat_timeout=7200, default_result="ABANDON")]
         if terminate_hook:
             hooks.append(Hook("terminate", "terminating", heartbeat_timeout=heartbeat_timeout,
                               default_result="CONTINUE"))

@@ -193,8 +193,8 @@ class LeaveSequence:
                 if beats is not None:
                     beats.join(timeout=5)
                 journal.finished_at = self.clock()
+                self._finish(journal)  # metrics and webhook first: a finished journal means all is written
                 jr.save(self.root, journal)
-                self._finish(journal)
             return journal
 
     def _plan(self, journal: jr.LeaveJournal) -> list[tuple[str, Callable[[], str | None]]]:
@@ -340,7 +340,10 @@ class LeaveSequence:
 
     def _etcd_embedded(self) -> str:
         me, settings = self._membership()
-        result = me.leave_embedded([settings.embedded_client_url], self._delete_node)
+        assert self.ident is not None
+        # k3s' member listens on 127.0.0.1 and on the node IP; try both.
+        own = f"https://{self.ident.private_ip}:{settings.client_port}"
+        result = me.leave_embedded([own, settings.embedded_client_url], self._delete_node)
         return f"left k3s' embedded etcd: {result}"
 
     def _complete(self, journal: jr.LeaveJournal) -> str:

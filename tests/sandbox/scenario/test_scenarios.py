@@ -88,10 +88,6 @@ def test_lifecycle_short(tmp_path: Path, toolchain) -> None:
     assert leftovers(result.state_dir) == []
 
 
-@pytest.mark.xfail(run=False, reason="the agent's embedded-mode leave reaches etcd only at https://127.0.0.1:2379 "
-                   "(EtcdSettings.embedded_client_url), which no sandbox instance can own: every instance shares "
-                   "the loopback interface, so the stand-in's member listens on the node IP; the leave's etcd "
-                   "step then fails after 60 s of retries (the member is still removed, by the Node finalizer)")
 def test_embedded_short(tmp_path: Path, toolchain) -> None:
     result = run_scenario(scenarios.get("embedded", short=True), state_dir=tmp_path / "run", out=None,
                           tools=Tools(toolchain.etcd, toolchain.kubectl))
