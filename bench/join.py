@@ -93,7 +93,8 @@ def main() -> int:
                 inst = SandboxInstance(iid, base / iid, {**region.env(iid),
                                                          "HERD_SANDBOX_KUBECONFIG": str(kube.admin_kubeconfig),
                                                          "HERD_SANDBOX_ETCD": str(etcd)}).prepare()
-                inst.write_config("discovery:\n  backoff_max_s: 1\n")
+                inst.write_config("discovery:\n  backoff_max_s: 1\n"
+                                  "etcd:\n  mode: external\n  insecure_plain_http: true\n")
                 out.append(inst)
             instances.extend(out)
             return out

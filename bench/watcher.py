@@ -90,7 +90,7 @@ def main() -> int:
                 inst = SandboxInstance(iid, base / iid, {**region.env(iid),
                                                          "HERD_SANDBOX_KUBECONFIG": str(kube.admin_kubeconfig),
                                                          "HERD_SANDBOX_ETCD": str(etcd)}).prepare()
-                config = "discovery:\n  backoff_max_s: 1\n"
+                config = "discovery:\n  backoff_max_s: 1\netcd:\n  mode: external\n  insecure_plain_http: true\n"
                 if role == "node":
                     shutil.copy(kube.admin_kubeconfig, inst.root.path("/etc/herd-agent/kubeconfig"))
                     config += "kube:\n  kubeconfig: /etc/herd-agent/kubeconfig\n"

@@ -26,6 +26,7 @@ watch:
   poll_interval_s: 0.2
 etcd:
   mode: external
+  insecure_plain_http: true
 """
 
 

@@ -67,6 +67,8 @@ def render_markdown(schema: Schema = SCHEMA) -> str:
     lines += ["## Rules across keys", ""]
     for rule in schema.exclusives:
         lines.append(f"- At most one of {', '.join(f'`{k}`' for k in rule.keys)}: {rule.why}.")
+    for dep in schema.requires:
+        lines.append(f"- `{dep.key}: {dep.value}` needs `{dep.needs}: {str(dep.needs_value).lower()}`: {dep.why}.")
     for req in schema.role_requirements:
         lines.append(
             f"- Role `{req.role}` needs one of {', '.join(f'`{k}`' for k in req.any_of)}: {req.why}."

@@ -265,6 +265,10 @@ def check_rules(data: dict[str, Any], given: dict[str, Any], role: str | None, s
         if len(set_keys) > 1:
             shown = ", ".join(f"{k}={_show(_get(given, k))}" for k in set_keys)
             problems.append(f"{set_keys[1]}: cannot be set together with {set_keys[0]}: {rule.why} (got {shown})")
+    for dep in schema.requires:
+        if _get(data, dep.key) == dep.value and _get(data, dep.needs) != dep.needs_value:
+            problems.append(f"{dep.needs}: must be {_show(dep.needs_value)} when {dep.key} is {_show(dep.value)}: "
+                            f"{dep.why} (got {_show(_get(data, dep.needs))})")
     for req in schema.role_requirements:
         if role == req.role and not any(_is_set(_get(data, k)) for k in req.any_of):
             first = req.any_of[0]

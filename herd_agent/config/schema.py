@@ -75,6 +75,17 @@ class RoleRequirement:
 
 
 @dataclass(frozen=True)
+class Requires:
+    """When ``key`` equals ``value``, ``needs`` must equal ``needs_value``; ``why`` says why."""
+
+    key: str
+    value: Any
+    needs: str
+    needs_value: Any
+    why: str
+
+
+@dataclass(frozen=True)
 class Exclusive:
     """At most one of ``keys`` may be set (to a non-default value); ``why`` says why."""
 
@@ -89,6 +100,7 @@ class Schema:
     options: tuple[Option, ...]
     role_requirements: tuple[RoleRequirement, ...] = field(default=())
     exclusives: tuple[Exclusive, ...] = field(default=())
+    requires: tuple[Requires, ...] = field(default=())
 
     def by_path(self) -> dict[str, Option]:
         """Options keyed by their dotted path."""
@@ -168,8 +180,10 @@ SCHEMA = Schema(
             "Instance tag whose value names the cluster incarnation (e.g. aws:cloudformation:stack-id); "
             "unset: the control-plane ASG's ARN id.", nullable=True, pattern=_TAG_KEY),
         # etcd
-        Opt("etcd.mode", "str", "external", "external: agent-run stacked etcd; embedded: k3s' own etcd.",
-          choices=("external", "embedded")),
+        Opt("etcd.mode", "str", "embedded", "embedded: k3s' own etcd (TLS); external: agent-run stacked etcd.",
+            choices=("embedded", "external")),
+        Opt("etcd.insecure_plain_http", "bool", False,
+            "External mode only: accept that the stacked members talk plain, unencrypted HTTP (no TLS yet)."),
         Opt("etcd.client_port", "int", 2379, "etcd client port.", min=1, max=65535),
         Opt("etcd.peer_port", "int", 2380, "etcd peer port.", min=1, max=65535),
         Opt("etcd.data_dir", "str", "/var/lib/etcd", "etcd data directory (external mode).", pattern=r"/.*"),
@@ -244,6 +258,11 @@ SCHEMA = Schema(
             ("kube.kubeconfig", "kube.token_ssm_parameter", "kube.token_secret_id"),
             "a worker's kubelet credentials cannot evict pods; give the agent its own",
         ),
+    ),
+    requires=(
+        Requires("etcd.mode", "external", "etcd.insecure_plain_http", True,
+                 "the stacked etcd members talk plain HTTP (TLS for external mode is not built yet); say so "
+                 "in plain words, or use etcd.mode: embedded"),
     ),
     exclusives=(
         Exclusive(("discovery.addresses", "discovery.instance_ids"), "name the control planes one way"),

@@ -47,7 +47,8 @@ def test_embedded_joiner_and_worker(tmp_path: Path) -> None:
 
 
 def test_external_etcd(tmp_path: Path) -> None:
-    out = k3s_config.render(cfg(tmp_path), CP, founder=False, datastore_endpoint="http://127.0.1.5:2379")
+    c = cfg(tmp_path, "etcd:\n  mode: external\n  insecure_plain_http: true\n")
+    out = k3s_config.render(c, CP, founder=False, datastore_endpoint="http://127.0.1.5:2379")
     assert out["datastore-endpoint"] == "http://127.0.1.5:2379"
     assert "server" not in out and "cluster-init" not in out
 

@@ -68,7 +68,7 @@ def test_choice_with_suggestion(tmp_path: Path, capsys: pytest.CaptureFixture[st
     write(tmp_path, "etc/herd-agent/config.yaml", "etcd:\n  mode: embeded\n")
     code, _, err = run_check(tmp_path, capsys)
     assert code == 78
-    assert err.strip() == 'etcd.mode: must be one of external, embedded; did you mean embedded? (got "embeded")'
+    assert err.strip() == 'etcd.mode: must be one of embedded, external; did you mean embedded? (got "embeded")'
 
 
 def test_key_required_for_role(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -194,3 +194,14 @@ def test_help_is_useful(capsys: pytest.CaptureFixture[str]) -> None:
         main(["config", "check", "--help"])
     out = capsys.readouterr().out
     assert "--file" in out and "--role" in out and "exit 78" in out and "config.d" in out
+
+
+def test_external_etcd_needs_plain_words_about_plain_http(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(tmp_path, "etc/herd-agent/config.yaml", "etcd:\n  mode: external\n")
+    code, _, err = run_check(tmp_path, capsys)
+    assert code == 78
+    assert err.startswith("etcd.insecure_plain_http: must be true when etcd.mode is \"external\": the stacked etcd "
+                          "members talk plain HTTP")
+    assert err.rstrip().endswith("(got false)")
+    write(tmp_path, "etc/herd-agent/config.yaml", "etcd:\n  mode: external\n  insecure_plain_http: true\n")
+    assert run_check(tmp_path, capsys)[0] == 0
