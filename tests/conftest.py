@@ -166,3 +166,13 @@ from herd_agent.sandbox.kube.pytest_fixtures import (  # noqa: E402,F401
     kube_sandbox,
     kube_sandbox_factory,
 )
+
+
+@pytest.fixture(scope="module")
+def region():
+    """One started sandbox AWS region per test module (time factor 0.01): moto's warm-up is paid
+    once per module, so tests that share it use unique group and template names."""
+    from herd_agent.sandbox.aws.region import Region
+
+    with Region(time_factor=0.01) as r:
+        yield r

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 
 import pytest
 
@@ -13,9 +12,9 @@ _names = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def shared_region() -> Iterator[Region]:
-    with Region(time_factor=0.01) as region:
-        yield region
+def shared_region(region: Region) -> Region:
+    """The module's region (tests/conftest.py)."""
+    return region
 
 
 @pytest.fixture

@@ -16,10 +16,6 @@ from tests.clusters import SandboxCluster
 
 pytestmark = pytest.mark.allow_subprocess
 
-@pytest.fixture(scope="module")
-def region() -> Iterator[Region]:
-    with Region(time_factor=0.01) as r:
-        yield r
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,10 +15,6 @@ pytestmark = pytest.mark.allow_subprocess
 _n = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def region() -> Iterator[Region]:
-    with Region(time_factor=0.01) as r:
-        yield r
 
 
 @pytest.fixture

@@ -16,12 +16,6 @@ from herd_agent.join import founder, token
 from herd_agent.sandbox.aws.region import Region
 
 
-@pytest.fixture(scope="module")
-def region():
-    with Region(time_factor=0.01) as r:
-        yield r
-
-
 @pytest.fixture
 def operator_env(region: Region, monkeypatch: pytest.MonkeyPatch):
     for k, v in region.env().items():

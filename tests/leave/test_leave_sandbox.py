@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,6 @@ pytestmark = pytest.mark.allow_subprocess
 LEAVE_CONFIG = "leave:\n  heartbeat_interval_s: 0.3\n  reserve_s: 5\n"
 
 
-@pytest.fixture(scope="module")
-def region() -> Iterator[Region]:
-    with Region(time_factor=0.01) as r:
-        yield r
 
 
 @pytest.fixture
