@@ -220,6 +220,8 @@ class Drainer:
                         pdb = f"PodDisruptionBudget {match.group(1)}" if match else "a PodDisruptionBudget"
                         self._outcome(k, "blocked", f"blocked by {pdb}: {message}")
                         self._backoff(k, self.clock())
+                        log.log(logging.INFO if self._tries[k] == 1 else logging.DEBUG,
+                                "eviction of %s refused by %s (attempt %d); retrying", k, pdb, self._tries[k])
                     else:
                         self._outcome(k, "blocked", f"eviction answered {code}: {message}")
                         self._backoff(k, self.clock())

@@ -36,7 +36,8 @@ def _restore_root_logger():
 def _config(inst, lab, mode="external"):
     s = lab.settings
     inst.root.write("/etc/herd-agent/config.yaml",
-                    f"etcd:\n  mode: {mode}\n  client_port: {s.client_port}\n  peer_port: {s.peer_port}\n", mode=0o644)
+                    f"etcd:\n  mode: {mode}\n  insecure_plain_http: {str(mode == 'external').lower()}\n"
+                    f"  client_port: {s.client_port}\n  peer_port: {s.peer_port}\n", mode=0o644)
 
 
 def _run(inst, *args):

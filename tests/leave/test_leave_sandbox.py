@@ -110,7 +110,12 @@ def test_worker_with_20_pods_is_scaled_in(make_cluster) -> None:
     c.join(w2)
     proc = c.watch(w1)
     wait_ready_line(c, w1, proc)
+    # Replacements cannot turn Ready while w2 is NotReady, so the PDB (8 of 10) must refuse
+    # evictions; once the agent logged a refusal, w2 comes back and the drain completes.
+    kube.set_node_ready(w2, False)
     c.region.terminate_instance(w1, decrement=True)
+    c.region.wait_for(lambda: "refused by PodDisruptionBudget web" in c.log(w1), timeout=60, what="a PDB refusal")
+    kube.set_node_ready(w2, True)
     c.region.wait_for(lambda: c.region.lifecycle_state(w1) == "Terminated", timeout=90, what="w1 terminated")
 
     assert kube.find("Node", w1) is None
