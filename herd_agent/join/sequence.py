@@ -9,7 +9,7 @@ Phases (separate systemd units, as EKS nodeadm splits config and run):
 - ``ready`` (``herd-agent-join-ready.service``, ordered after the k3s units): wait, bounded, for
   the Node to be Ready through the Kubernetes API (progress in ``STATUS=``), then complete the
   launch lifecycle hook with CONTINUE.
-- ``all`` (by hand): both, with a blocking start in between.
+- ``all`` (by hand): both.
 
 A definite failure completes the launch hook with ``join.failure_result`` (ABANDON by default)
 and exits non-zero with the reason. Progress is journaled in ``/var/lib/herd-agent/join.json``;
@@ -117,6 +117,7 @@ class JoinSequence:
         self.plan_runner = PlanRunner() if plan else None
         self.ident: Identity | None = None
         self.state: JoinState | None = None
+        self._next_endpoint_check: float | None = None
 
     # --- plumbing --------------------------------------------------------------------------
     def _run(self, argv: list[str], timeout: float) -> Result:
@@ -160,7 +161,7 @@ class JoinSequence:
             self.state = JoinState(ident.instance_id, ident.cluster, ident.role)
         try:
             if phase in ("config", "all"):
-                self._config_phase(block=phase == "all")
+                self._config_phase()
             if phase in ("ready", "all"):
                 self._ready_phase()
         except HerdError as exc:
@@ -182,7 +183,7 @@ class JoinSequence:
         except HerdError as hook_exc:
             log.error("could not complete the launch hook: %s", hook_exc)
 
-    def _config_phase(self, *, block: bool) -> None:
+    def _config_phase(self) -> None:
         ident, state, cfg = self.ident, self.state, self.cfg
         assert ident is not None and state is not None
         joined = state.ready and state.endpoint_ip is not None
@@ -219,11 +220,10 @@ class JoinSequence:
             unit = "k3s.service" if ident.is_control_plane else "k3s-agent.service"
             if not joined:
                 self._run(["systemctl", "enable", unit], timeout=60)
-            if block:
-                self._status(f"starting {unit}")
-                self._run(["systemctl", "start", unit], timeout=cfg.get("join.ready_timeout_s"))
-            else:
-                self._run(["systemctl", "start", "--no-block", unit], timeout=60)
+            # Queued, not awaited: readiness is the Node turning Ready, which the ready phase waits
+            # for while it watches the control plane it joins through (see _waiting).
+            self._status(f"starting {unit}")
+            self._run(["systemctl", "start", "--no-block", unit], timeout=60)
 
     def _decide(self) -> tuple[bool, str, list[control_plane.Candidate]]:
         """(founder?, endpoint IP, candidates seen) — the founder decision for control planes."""
@@ -289,7 +289,7 @@ class JoinSequence:
                                           f"(up to {cfg.get('join.ready_timeout_s')}s)")
             else:
                 make = self.kube_client or (lambda: kube.client(self.root, cfg, control_plane=ident.is_control_plane))
-                kube.wait_node_ready(make, node_name, cfg.get("join.ready_timeout_s"), progress=self.notifier.status)
+                kube.wait_node_ready(make, node_name, cfg.get("join.ready_timeout_s"), progress=self._waiting)
                 state.ready = True
                 self._save()
         with step("launch-hook"):
@@ -304,6 +304,37 @@ class JoinSequence:
                 state.hook_completed = True
                 self._save()
         self._status(f"joined cluster {ident.cluster} as {ident.role} {node_name}")
+
+    ENDPOINT_CHECK_S = 10.0
+
+    def _waiting(self, line: str) -> None:
+        """Progress of the Ready wait: STATUS=, and a check that the control plane we join through
+        still answers. If it stopped (replaced or terminated meanwhile), point /etc/hosts at a
+        healthy one and restart the k3s unit — what systemd's Restart= with the k3s drop-in's
+        ``ExecStartPre=herd-agent hosts sync`` would do, without waiting for k3s to give up."""
+        self.notifier.status(line)
+        state, ident = self.state, self.ident
+        if state is None or ident is None or state.founder or not state.endpoint_ip:
+            return
+        now = time.monotonic()
+        if self._next_endpoint_check is None:
+            self._next_endpoint_check = now + self.ENDPOINT_CHECK_S
+        if now < self._next_endpoint_check:
+            return
+        self._next_endpoint_check = now + self.ENDPOINT_CHECK_S
+        port, timeout = self.cfg.get("discovery.api_port"), self.cfg.get("discovery.health_timeout_s")
+        if control_plane.probe(state.endpoint_ip, port, timeout):
+            return
+        chosen = control_plane.discover(ident, self.cfg, healthy=self.healthy)
+        if chosen.ip == state.endpoint_ip:
+            return
+        log.warning("control plane %s stopped answering while we joined; switching to %s and restarting k3s",
+                    state.endpoint_ip, chosen.ip)
+        hosts.sync(self.root, {k3s_config.endpoint_name(self.cfg, ident): chosen.ip})
+        state.endpoint_ip = chosen.ip
+        self._save()
+        unit = "k3s.service" if ident.is_control_plane else "k3s-agent.service"
+        self._run(["systemctl", "restart", "--no-block", unit], timeout=60)
 
     def _launch_hooks(self) -> list[str]:
         """Names of the group's launch hooks: ``join.launch_hook_name``, or DescribeLifecycleHooks."""

@@ -10,7 +10,8 @@ Supported verbs (subset of systemctl(1), same exit codes):
 
 - ``start UNIT``: start unless running; waits, like ``Type=notify``, until the unit's ready line
   appears in its log (exit 0), the process exits (exit 1, log tail on stderr) or the start
-  timeout passes (exit 1).
+  timeout passes (exit 1). With ``--no-block`` it returns once the process runs, as systemctl
+  returns once the job is queued.
 - ``stop UNIT``: SIGTERM, wait up to the stop timeout, then SIGKILL; exit 0 when stopped.
 - ``restart UNIT``; ``kill [-s SIG | --signal=SIG] UNIT`` (``-s KILL`` for crash tests);
 - ``is-active UNIT``: prints ``active``/``inactive``, exits 0/3;
@@ -185,8 +186,9 @@ class Systemctl:
         """True when the unit's process runs."""
         return self.pid(unit) is not None
 
-    def start(self, unit: str) -> tuple[bool, str]:
-        """Start the unit; ``(ok, message)``. See the module doc for the readiness wait."""
+    def start(self, unit: str, wait: bool = True) -> tuple[bool, str]:
+        """Start the unit; ``(ok, message)``. See the module doc for the readiness wait; with
+        ``wait=False`` (``systemctl start --no-block``) return once the process runs."""
         spec = self._unit(unit)
         if self.is_active(unit):
             return True, ""
@@ -213,7 +215,7 @@ class Systemctl:
         pid_path = self.pid_file(unit)
         pid_path.parent.mkdir(parents=True, exist_ok=True)
         pid_path.write_text(f"{proc.pid}\n")
-        if spec.ready_line is None:
+        if spec.ready_line is None or not wait:
             return True, ""
         deadline = time.monotonic() + spec.start_timeout_s
         while time.monotonic() < deadline:
@@ -278,6 +280,7 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
     args = list(sys.argv[1:] if argv is None else argv)
     root_dir = os.environ.get("HERD_AGENT_ROOT", "/")
     sig = signal.SIGTERM
+    no_block = False
     rest: list[str] = []
     it = iter(args)
     for a in it:
@@ -289,7 +292,9 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
             sig = _signal_of(next(it))
         elif a.startswith("--signal="):
             sig = _signal_of(a.split("=", 1)[1])
-        elif a in ("--no-block", "--quiet", "-q", "--no-pager"):
+        elif a == "--no-block":
+            no_block = True
+        elif a in ("--quiet", "-q", "--no-pager"):
             continue
         else:
             rest.append(a)
@@ -330,12 +335,12 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
                     status = 1
             continue
         if verb == "start":
-            ok, msg = ctl.start(unit)
+            ok, msg = ctl.start(unit, wait=not no_block)
         elif verb == "stop":
             ok, msg = ctl.stop(unit), ""
         elif verb == "restart":
             ctl.stop(unit)
-            ok, msg = ctl.start(unit)
+            ok, msg = ctl.start(unit, wait=not no_block)
         elif verb == "kill":  # like systemctl: send the signal, do not wait for the process to end
             ctl.kill(unit, sig)
             ok, msg = True, ""
