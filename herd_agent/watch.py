@@ -295,8 +295,9 @@ class Watcher:
 
     # --- /etc/hosts --------------------------------------------------------------------------------
     def refresh_hosts(self) -> None:
-        """Keep the endpoint name on a healthy control plane: probe the recorded one (no AWS call);
-        only when it stopped answering, look the control planes up by tag and pick a healthy one."""
+        """Keep the endpoint name on a healthy control plane: check that the recorded one still
+        accepts connections (no AWS call, no TLS); only when it stopped, look the control planes up
+        by tag and pick one that passes the full ``/ping`` probe."""
         from herd_agent.join.state import load_state
 
         state = load_state(self.root)
@@ -305,7 +306,7 @@ class Watcher:
         from herd_agent.discovery import control_plane
 
         port, timeout = self.cfg.get("discovery.api_port"), self.cfg.get("discovery.health_timeout_s")
-        if control_plane.probe(state.endpoint_ip, port, timeout):
+        if control_plane.reachable(state.endpoint_ip, port, timeout):
             self.limited.reset("hosts")
             return
         self.limited.log(logging.WARNING, "hosts", "control plane %s stopped answering; choosing another",
