@@ -319,12 +319,9 @@ class Watcher:
             chosen = control_plane.discover(ident, self.cfg)
             hosts.sync(self.root, {k3s_config.endpoint_name(self.cfg, ident): chosen.ip})
             state.endpoint_ip = chosen.ip
-            import json
-            from dataclasses import asdict
+            from herd_agent.join.state import save_state
 
-            from herd_agent.join.state import STATE_FILE
-
-            self.root.write(STATE_FILE, json.dumps(asdict(state), indent=1) + "\n", mode=0o644)
+            save_state(self.root, state)
         except Exception as exc:
             self.limited.log(logging.WARNING, "hosts-refresh", "could not refresh /etc/hosts: %s", exc)
 

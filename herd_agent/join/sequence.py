@@ -20,11 +20,9 @@ rewrites no file and exits 0.
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -32,14 +30,14 @@ from herd_agent.config.loader import Config
 from herd_agent.discovery import control_plane
 from herd_agent.discovery.identity import Identity, read_identity
 from herd_agent.discovery.imds import ImdsClient
-from herd_agent.errors import ExitCode, HerdError
+from herd_agent.errors import HerdError
 from herd_agent.host import runner as runner_mod
 from herd_agent.host.fsroot import HostRoot
 from herd_agent.host.notify import Notifier
 from herd_agent.host.runner import Result, Runner
 from herd_agent.join import founder as founder_mod
 from herd_agent.join import hosts, k3s_config, kernel, token
-from herd_agent.join.state import STATE_FILE, JoinState, load_state
+from herd_agent.join.state import JoinState, load_state, save_state
 from herd_agent.logs import set_context, step
 
 log = logging.getLogger(__name__)
@@ -133,9 +131,7 @@ class JoinSequence:
 
     def _save(self) -> None:
         if self.state is not None and not self.plan:
-            self.state.updated = time.time()
-            self.root.write(STATE_FILE, json.dumps(asdict(self.state), indent=1) + "\n", mode=0o644,
-                            only_if_changed=False)
+            save_state(self.root, self.state)
 
     def _status(self, text: str) -> None:
         log.info("%s", text)
@@ -360,8 +356,3 @@ class JoinSequence:
         out.append(f"API calls that change things ({len(self.planned_calls)}):")
         out += [f"  {c}" for c in self.planned_calls] or ["  (none)"]
         return "\n".join(out) + "\n"
-
-
-def exit_code_of(exc: BaseException) -> int:
-    """The exit code a failed join ends with."""
-    return int(exc.exit_code) if isinstance(exc, HerdError) else int(ExitCode.FAILURE)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from herd_agent.host.fsroot import HostRoot
 
@@ -35,3 +35,9 @@ def load_state(root: HostRoot) -> JoinState | None:
         return JoinState(**json.loads(root.read_text(STATE_FILE)))
     except (FileNotFoundError, ValueError, TypeError):
         return None
+
+
+def save_state(root: HostRoot, state: JoinState) -> None:
+    """Write the state (atomic, 0644), stamping ``updated``."""
+    state.updated = time.time()
+    root.write(STATE_FILE, json.dumps(asdict(state), indent=1) + "\n", mode=0o644, only_if_changed=False)
