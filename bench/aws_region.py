@@ -18,7 +18,7 @@ import time
 COLD = """
 import time
 t0 = time.perf_counter()
-from herd_agent.sandbox.aws import Region
+from herd_sandbox.aws import Region
 region = Region().start()
 t1 = time.perf_counter()
 region.stop()
@@ -37,7 +37,7 @@ def cold_start(runs: int) -> list[float]:
 def warm(runs: int, instances: int) -> dict[str, list[float]]:
     import requests
 
-    from herd_agent.sandbox.aws import Hook, Region
+    from herd_sandbox.aws import Hook, Region
 
     res: dict[str, list[float]] = {"restart": [], "launch_group": [], "complete_hooks": [], "imds_token_get": []}
     with Region():  # pay the imports once

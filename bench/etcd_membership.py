@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 from herd_agent.etcd.membership import Membership  # noqa: E402
 from herd_agent.etcd.settings import EtcdSettings, Identity  # noqa: E402
 from herd_agent.host.fsroot import HostRoot  # noqa: E402
-from herd_agent.sandbox.systemctl import SandboxRunner, Systemctl, write_shim  # noqa: E402
+from herd_sandbox.systemctl import SandboxRunner, Systemctl, write_shim  # noqa: E402
 
 
 def free_port() -> int:

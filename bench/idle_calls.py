@@ -1,6 +1,6 @@
 """Benchmark: AWS calls an idle node makes, per node-hour (goal 0: the steady state polls IMDS only).
 
-In the local region (``herd-agent sandbox run``'s machinery: moto-backed AWS with lifecycle
+In the local region (``herd-sandbox run``'s machinery: moto-backed AWS with lifecycle
 hooks, one IMDS per instance, the emulated Kubernetes API, the k3s stand-in, real etcd): one
 control plane and ``--workers`` workers join through the real ``herd-agent join``, then each
 runs the real ``herd-agent watch`` (IMDS poll every 0.5 s, /etc/hosts probe every 5 s: the
@@ -40,10 +40,10 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
 
-    from herd_agent.sandbox.scenario.cluster import CONTROL_PLANE, WORKER, ScenarioCluster
-    from herd_agent.sandbox.scenario.scenarios import Context, settled
-    from herd_agent.sandbox.scenario.timeline import Timeline
-    from herd_agent.sandbox.scenario.tools import Tools
+    from herd_sandbox.scenario.cluster import CONTROL_PLANE, WORKER, ScenarioCluster
+    from herd_sandbox.scenario.scenarios import Context, settled
+    from herd_sandbox.scenario.timeline import Timeline
+    from herd_sandbox.scenario.tools import Tools
 
     state = Path(tempfile.mkdtemp(prefix="herd-bench-idle-"))
     cluster = ScenarioCluster(state, Timeline(log_file=state / "timeline.log"), Tools.find(),

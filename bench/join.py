@@ -73,9 +73,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
 
-    from herd_agent.sandbox.aws.region import Hook, Region
-    from herd_agent.sandbox.instance import SandboxInstance
-    from herd_agent.sandbox.kube.sandbox import KubeSandbox
+    from herd_sandbox.aws.region import Hook, Region
+    from herd_sandbox.instance import SandboxInstance
+    from herd_sandbox.kube.sandbox import KubeSandbox
 
     etcd = REPO / ".toolchain" / "bin" / "etcd"
     base = Path(tempfile.mkdtemp(prefix="herd-bench-join-"))

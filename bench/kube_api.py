@@ -19,7 +19,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from herd_agent.sandbox.kube.sandbox import KubeSandbox  # noqa: E402
+from herd_sandbox.kube.sandbox import KubeSandbox  # noqa: E402
 
 PODS, NODES, ROUNDS = 1000, 10, 30
 

@@ -1,6 +1,6 @@
 """Benchmark: 50 workers join at once against a running control plane, with 10 % of EC2 calls throttled.
 
-In the local region (``herd-agent sandbox run``'s machinery: moto-backed AWS with lifecycle
+In the local region (``herd-sandbox run``'s machinery: moto-backed AWS with lifecycle
 hooks, one IMDS per instance, the emulated Kubernetes API, the k3s stand-in, real etcd): one
 control plane founds the cluster; then ``region.throttle("ec2", rate=0.1)`` makes one EC2 call in
 ten answer ``RequestLimitExceeded`` (seeded), and the worker group's desired capacity goes from 0
@@ -46,10 +46,10 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def one_run(n: int, nodes: int, throttle: float, discovery: str) -> dict[str, object]:
-    from herd_agent.sandbox.scenario.cluster import CONTROL_PLANE, LAUNCH_HOOK, WORKER, ScenarioCluster
-    from herd_agent.sandbox.scenario.scenarios import Context, settled
-    from herd_agent.sandbox.scenario.timeline import Timeline
-    from herd_agent.sandbox.scenario.tools import Tools
+    from herd_sandbox.scenario.cluster import CONTROL_PLANE, LAUNCH_HOOK, WORKER, ScenarioCluster
+    from herd_sandbox.scenario.scenarios import Context, settled
+    from herd_sandbox.scenario.timeline import Timeline
+    from herd_sandbox.scenario.tools import Tools
 
     state = Path(tempfile.mkdtemp(prefix=f"herd-bench-scaleout-{n}-"))
     cluster = ScenarioCluster(state, Timeline(log_file=state / "timeline.log"), Tools.find(),

@@ -68,9 +68,9 @@ def main() -> int:
 
     import psutil
 
-    from herd_agent.sandbox.aws.region import Hook, Region
-    from herd_agent.sandbox.instance import SandboxInstance
-    from herd_agent.sandbox.kube.sandbox import KubeSandbox
+    from herd_sandbox.aws.region import Hook, Region
+    from herd_sandbox.instance import SandboxInstance
+    from herd_sandbox.kube.sandbox import KubeSandbox
 
     etcd = REPO / ".toolchain" / "bin" / "etcd"
     base = Path(tempfile.mkdtemp(prefix="herd-bench-watch-"))

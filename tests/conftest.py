@@ -154,25 +154,16 @@ def toolchain() -> Toolchain:
     return Toolchain(bindir)
 
 
-# The local AWS region (herd_agent/sandbox/aws): `aws_region` (started, time factor 0.01) and
-# `make_aws_region(**kwargs)`; both stop the region after the test whatever its outcome.
-from herd_agent.sandbox.aws.pytest_fixtures import aws_region, make_aws_region  # noqa: E402,F401
-
-# The emulated Kubernetes API (herd_agent/sandbox/kube): `kube_sandbox`, `kube_sandbox_factory`,
-# `kube_kubeconfig`, `kube_client`.
-from herd_agent.sandbox.kube.pytest_fixtures import (  # noqa: E402,F401
-    kube_client,
-    kube_kubeconfig,
-    kube_sandbox,
-    kube_sandbox_factory,
-)
+# The local region's fixtures (aws_region, make_aws_region, kube_sandbox, kube_sandbox_factory,
+# kube_kubeconfig, kube_client): the sandbox's own pytest plugin.
+pytest_plugins = ["herd_sandbox.pytest_plugin"]
 
 
 @pytest.fixture(scope="module")
 def region():
     """One started sandbox AWS region per test module (time factor 0.01): moto's warm-up is paid
     once per module, so tests that share it use unique group and template names."""
-    from herd_agent.sandbox.aws.region import Region
+    from herd_sandbox.aws.region import Region
 
     with Region(time_factor=0.01) as r:
         yield r

@@ -1,6 +1,6 @@
 """The ``herd-agent`` command line (click).
 
-Subcommands load lazily (:class:`LazyGroup`), so ``herd-agent watch`` never imports the sandbox,
+Subcommands load lazily (:class:`LazyGroup`), so ``herd-agent watch`` never imports
 boto3 or a Kubernetes client just to parse its arguments.
 """
 
@@ -65,7 +65,6 @@ COMMANDS = {
     "hosts": "herd_agent.cli.join_cmd:hosts_group",
     "watch": "herd_agent.cli.leave_cmd:watch",
     "leave": "herd_agent.cli.leave_cmd:leave",
-    "sandbox": "herd_agent.sandbox.cli:sandbox",
     "etcd": "herd_agent.etcd.cli:etcd",
 }
 

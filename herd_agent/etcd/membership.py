@@ -25,6 +25,7 @@ does not.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -139,7 +140,8 @@ def render_env(settings: EtcdSettings, identity: Identity, initial_cluster: str,
     """
     client = settings.client_url(identity.ip)
     listen_client = [client]
-    if settings.listen_localhost and not identity.ip.startswith("127."):  # sandbox instances are 127.x
+    # An instance whose own address is a loopback address is already reachable locally there.
+    if settings.listen_localhost and not ipaddress.ip_address(identity.ip).is_loopback:
         listen_client.append(f"{settings.scheme}://127.0.0.1:{settings.client_port}")
     env = {
         "ETCD_NAME": identity.name,

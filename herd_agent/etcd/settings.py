@@ -48,7 +48,7 @@ class EtcdSettings:
         env_file: host path of the unit's ``EnvironmentFile`` the agent writes.
         cluster_token: ``--initial-cluster-token`` of a new cluster.
         listen_localhost: also listen for clients on 127.0.0.1 (k3s' datastore endpoint), unless
-            the instance IP is itself a loopback address (sandbox instances);
+            the instance IP is itself a loopback address;
             off in tests where many members share one host.
         lock_key: key of the cluster-wide membership lock.
         lock_ttl_s: lease TTL of the lock, seconds (it expires this long after its holder dies).

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from botocore.retries.standard import ExponentialBackoff, ThrottledRetryableChecker
 
-from herd_agent.sandbox.aws import pytest_fixtures
-from herd_agent.sandbox.aws.region import Hook, Region
+from herd_sandbox.aws import pytest_fixtures
+from herd_sandbox.aws.region import Hook, Region
 
 aws_region = pytest_fixtures.aws_region
 make_aws_region = pytest_fixtures.make_aws_region

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 from botocore.exceptions import ClientError
 
-from herd_agent.sandbox.aws.region import Region
+from herd_sandbox.aws.region import Region
 
 
 def running(region: Region, **tags: str) -> dict[str, str]:

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 import pytest
 import requests
 
-from herd_agent.sandbox.aws.imds import Fault
-from herd_agent.sandbox.aws.region import Hook, Region
+from herd_sandbox.aws.imds import Fault
+from herd_sandbox.aws.region import Hook, Region
 
 TTL = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN = "X-aws-ec2-metadata-token"

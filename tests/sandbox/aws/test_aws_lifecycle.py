@@ -7,8 +7,8 @@ from collections.abc import Callable
 import pytest
 from botocore.exceptions import ClientError
 
-from herd_agent.sandbox.aws.lifecycle import ManualClock
-from herd_agent.sandbox.aws.region import Hook, Region
+from herd_sandbox.aws.lifecycle import ManualClock
+from herd_sandbox.aws.region import Hook, Region
 
 LAUNCH = Hook("launch", "launching", heartbeat_timeout=3600, default_result="ABANDON")
 TERMINATE = Hook("terminate", "terminating", heartbeat_timeout=3600, default_result="CONTINUE")

@@ -12,7 +12,7 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.validate import ParamValidator
 
-from herd_agent.sandbox.aws.region import Region
+from herd_sandbox.aws.region import Region
 
 
 class ShapeChecker:

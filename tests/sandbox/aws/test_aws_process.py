@@ -19,8 +19,8 @@ import boto3
 import psutil
 import pytest
 
-from herd_agent.sandbox.aws.region import Region
-from herd_agent.sandbox.aws.servers import THREAD_PREFIX
+from herd_sandbox.aws.region import Region
+from herd_sandbox.aws.servers import THREAD_PREFIX
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -90,8 +90,8 @@ FAILING_TEST = textwrap.dedent(
     import json, os, socket, threading
     from pathlib import Path
 
-    from herd_agent.sandbox.aws.pytest_fixtures import aws_region, make_aws_region  # noqa: F401
-    from herd_agent.sandbox.aws.region import Region
+    from herd_sandbox.aws.pytest_fixtures import aws_region, make_aws_region  # noqa: F401
+    from herd_sandbox.aws.region import Region
 
     OUT = Path(os.environ["SANDBOX_PROBE_OUT"])
 
@@ -149,7 +149,7 @@ def test_cli_serve_prints_endpoints_and_stops_on_signal() -> None:
     # SIGINT and SIGTERM share one handler in the CLI; one process run covers it (a cold start
     # of the interpreter with moto costs seconds).
     proc = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "herd_agent", "sandbox", "aws", "serve", "--json-only", "--asg", "demo", "--size", "2"],
+        [sys.executable, "-m", "herd_sandbox", "aws", "serve", "--json-only", "--asg", "demo", "--size", "2"],
         cwd=REPO,
         env=_clean_env(),
         stdout=subprocess.PIPE,

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from herd_agent.sandbox.kube.pytest_fixtures import (  # noqa: F401  (fixtures used by name)
+from herd_sandbox.kube.pytest_fixtures import (  # noqa: F401  (fixtures used by name)
     kube_client,
     kube_kubeconfig,
     kube_sandbox,
     kube_sandbox_factory,
 )
-from herd_agent.sandbox.kube.sandbox import KubeSandbox
+from herd_sandbox.kube.sandbox import KubeSandbox
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from herd_agent.sandbox.kube.sandbox import KubeSandbox
+from herd_sandbox.kube.sandbox import KubeSandbox
 
 from .conftest import Api, deployment, running_pods
 

@@ -1,4 +1,4 @@
-"""``herd-agent sandbox kube serve``: prints the kubeconfig path, serves real kubectl, stops on SIGINT."""
+"""``herd-sandbox kube serve``: prints the kubeconfig path, serves real kubectl, stops on SIGINT."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from .conftest import Kubectl
 @pytest.mark.allow_subprocess
 def test_serve_prints_kubeconfig_and_stops_on_interrupt(toolchain: Any, tmp_path: Path) -> None:
     proc = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "herd_agent", "sandbox", "kube", "serve", "--nodes", "2", "--workdir", str(tmp_path)],
+        [sys.executable, "-m", "herd_sandbox", "kube", "serve", "--nodes", "2", "--workdir", str(tmp_path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from herd_agent.sandbox.kube.sandbox import KubeSandbox
+from herd_sandbox.kube.sandbox import KubeSandbox
 
 from .conftest import running_pods
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from herd_agent.sandbox.kube.sandbox import KubeSandbox
+from herd_sandbox.kube.sandbox import KubeSandbox
 
 from .conftest import Kubectl, daemonset, deployment, pdb, running_pods
 

@@ -15,7 +15,7 @@ from lightkube.resources.core_v1 import Event, Node, Pod
 from lightkube.resources.events_v1 import Event as EventV1
 from lightkube.types import PatchType
 
-from herd_agent.sandbox.kube.sandbox import KubeSandbox
+from herd_sandbox.kube.sandbox import KubeSandbox
 
 from .conftest import daemonset, deployment, pdb, running_pods
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from herd_agent.sandbox.kube.sandbox import KubeSandbox
+from herd_sandbox.kube.sandbox import KubeSandbox
 
 from .conftest import Api, Kubectl, daemonset, deployment, running_pods
 

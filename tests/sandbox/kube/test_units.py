@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 
-from herd_agent.sandbox.kube import patch
-from herd_agent.sandbox.kube.auth import Request, rule_allows
-from herd_agent.sandbox.kube.controllers import node_fits, tolerates
-from herd_agent.sandbox.kube.disruption import resolve
-from herd_agent.sandbox.kube.errors import ApiError
-from herd_agent.sandbox.kube.selectors import match_label_selector, parse_field_selector, parse_label_selector
+from herd_sandbox.kube import patch
+from herd_sandbox.kube.auth import Request, rule_allows
+from herd_sandbox.kube.controllers import node_fits, tolerates
+from herd_sandbox.kube.disruption import resolve
+from herd_sandbox.kube.errors import ApiError
+from herd_sandbox.kube.selectors import match_label_selector, parse_field_selector, parse_label_selector
 
 
 def labelled(**labels: str) -> dict[str, Any]:
@@ -152,7 +152,7 @@ def _pb(number: int, value: bytes | int) -> bytes:
 
 
 def test_protobuf_secret_body_decodes_to_json() -> None:
-    from herd_agent.sandbox.kube import protobuf
+    from herd_sandbox.kube import protobuf
 
     meta = (_pb(1, b"sh.helm.release.v1.demo.v1") + _pb(3, b"apps")
             + _pb(11, _pb(1, b"owner") + _pb(2, b"helm")) + _pb(14, b"f1") + _pb(8, _pb(1, 1_700_000_000)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from herd_agent.sandbox.kube.sandbox import KubeSandbox
+from herd_sandbox.kube.sandbox import KubeSandbox
 
 from .conftest import daemonset, deployment, running_pods
 

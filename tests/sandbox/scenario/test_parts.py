@@ -10,10 +10,10 @@ import pytest
 
 from herd_agent.config.loader import load_config
 from herd_agent.host.fsroot import HostRoot
-from herd_agent.sandbox.scenario import checks, scenarios
-from herd_agent.sandbox.scenario.cluster import WORKER_KUBECONFIG, PdbTracker, agent_config
-from herd_agent.sandbox.scenario.runner import checks_table
-from herd_agent.sandbox.scenario.timeline import Timeline
+from herd_sandbox.scenario import checks, scenarios
+from herd_sandbox.scenario.cluster import WORKER_KUBECONFIG, PdbTracker, agent_config
+from herd_sandbox.scenario.runner import checks_table
+from herd_sandbox.scenario.timeline import Timeline
 
 
 def test_timeline_prints_each_entry_once_and_keeps_it_for_json(tmp_path) -> None:

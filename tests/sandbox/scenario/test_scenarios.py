@@ -1,4 +1,4 @@
-"""``herd-agent sandbox run``: the shortened variant of each scenario, end to end on real parts
+"""``herd-sandbox run``: the shortened variant of each scenario, end to end on real parts
 (agent processes, etcd, kubectl, moto-backed AWS, emulated IMDS and Kubernetes API), plus the
 run's own guarantees: --json, exit codes, and no process left behind after a failure or Ctrl-C."""
 
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from herd_agent.sandbox.scenario import scenarios
-from herd_agent.sandbox.scenario.runner import run_scenario
-from herd_agent.sandbox.scenario.tools import Tools
+from herd_sandbox.scenario import scenarios
+from herd_sandbox.scenario.runner import run_scenario
+from herd_sandbox.scenario.tools import Tools
 
 pytestmark = pytest.mark.allow_subprocess
 
@@ -46,7 +46,7 @@ def leftovers(state_dir: Path) -> list[str]:
 
 def sandbox_run(*args: str, toolchain) -> subprocess.Popen[str]:
     return subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "herd_agent", "sandbox", "run", *args, "--kubectl", str(toolchain.kubectl)],
+        [sys.executable, "-m", "herd_sandbox", "run", *args, "--kubectl", str(toolchain.kubectl)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HERD_"))},
     )

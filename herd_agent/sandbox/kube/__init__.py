@@ -1,5 +1,0 @@
-"""An emulated Kubernetes API server that the real kubectl, helm and lightkube accept (docs/sandbox-kube.md)."""
-
-from herd_agent.sandbox.kube.sandbox import KubeSandbox
-
-__all__ = ["KubeSandbox"]
