@@ -9,9 +9,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from herd_agent.sandbox.aws.region import Hook, Region
-from herd_agent.sandbox.instance import SandboxInstance
-from herd_agent.sandbox.kube.sandbox import KubeSandbox
+from herd_sandbox.aws.region import Hook, Region
+from herd_sandbox.instance import SandboxInstance
+from herd_sandbox.kube.sandbox import KubeSandbox
 
 _n = itertools.count()
 

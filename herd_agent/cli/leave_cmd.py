@@ -63,11 +63,12 @@ def plan_leave(obj: object) -> None:
     """
     from herd_agent.discovery.identity import read_identity
     from herd_agent.discovery.imds import ImdsClient
+    from herd_agent.k3s.names import node_name
     from herd_agent.leave.plan import plan_text
     from herd_agent.leave.sequence import make_kube_client
 
     cfg = prepare(obj)
     ident = read_identity(ImdsClient.from_config(cfg), cfg)
     kube = make_kube_client(obj.root, cfg, ident)  # type: ignore[attr-defined]
-    node = ident.instance_id if cfg.get("k3s.node_name") == "instance-id" else None
-    click.echo(plan_text(kube, node or ident.instance_id, cfg, control_plane=ident.is_control_plane), nl=False)
+    node = node_name(cfg.get("k3s.node_name"), ident)
+    click.echo(plan_text(kube, node, cfg, control_plane=ident.is_control_plane), nl=False)

@@ -39,6 +39,7 @@ class Identity:
         cluster: cluster name; role: ``control-plane`` or ``node``.
         tags: every instance tag read.
         tags_source: ``imds`` or ``ec2:DescribeTags``.
+        local_hostname: IMDS ``meta-data/local-hostname`` ("" when IMDS has none).
     """
 
     instance_id: str
@@ -51,6 +52,7 @@ class Identity:
     role: str
     tags: dict[str, str] = field(default_factory=dict, compare=False)
     tags_source: str = "imds"
+    local_hostname: str = ""
 
     @property
     def is_control_plane(self) -> bool:
@@ -147,4 +149,5 @@ def read_identity(imds: ImdsClient, cfg: Config) -> Identity:
         role=role,
         tags=tags,
         tags_source=source,
+        local_hostname=imds.get("/latest/meta-data/local-hostname", optional=True) or "",
     )

@@ -25,6 +25,7 @@ from herd_agent.discovery.identity import Identity
 from herd_agent.errors import ConfigError
 from herd_agent.host.fsroot import HostRoot
 from herd_agent.join.token import TOKEN_FILE
+from herd_agent.k3s.names import node_name
 
 CONFIG_FILE = "/etc/rancher/k3s/config.yaml.d/50-herd-agent.yaml"
 
@@ -111,10 +112,7 @@ def render(
     if problems:
         raise ConfigError(problems)
     name = endpoint_name(cfg, ident)
-    node_name = ident.instance_id if cfg.get("k3s.node_name") == "instance-id" else None
-    out: dict[str, Any] = {}
-    if node_name:
-        out["node-name"] = node_name
+    out: dict[str, Any] = {"node-name": node_name(cfg.get("k3s.node_name"), ident)}
     out["node-ip"] = ident.private_ip
     out["token-file"] = TOKEN_FILE
     labels = [f"topology.kubernetes.io/zone={ident.availability_zone}",

@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 from herd_agent.config.loader import Config
 from herd_agent.host import runner as runner_mod
 from herd_agent.host.fsroot import HostRoot
+from herd_agent.k3s.names import UNITS
 
 log = logging.getLogger(__name__)
 
 SYSCTL_FILE = "/etc/sysctl.d/90-herd-agent.conf"
 MODULES_FILE = "/etc/modules-load.d/herd-agent.conf"
-K3S_UNITS = ("k3s.service", "k3s-agent.service")
+K3S_UNITS = UNITS
 LOGIND_DROPIN = "/etc/systemd/logind.conf.d/90-herd-agent.conf"
 HEADER = "# Written by herd-agent (kernel step); changes here are overwritten.\n"
 HERD_AGENT_BIN = "/usr/bin/herd-agent"

@@ -38,6 +38,7 @@ from herd_agent.host.runner import Result, Runner
 from herd_agent.join import founder as founder_mod
 from herd_agent.join import hosts, k3s_config, kernel, token
 from herd_agent.join.state import JoinState, load_state, save_state
+from herd_agent.k3s.names import node_name, unit_for
 from herd_agent.logs import set_context, step
 
 log = logging.getLogger(__name__)
@@ -213,7 +214,7 @@ class JoinSequence:
         state.configured = True
         self._save()
         with step("k3s-start"):
-            unit = "k3s.service" if ident.is_control_plane else "k3s-agent.service"
+            unit = unit_for(ident.is_control_plane)
             if not joined:
                 self._run(["systemctl", "enable", unit], timeout=60)
             # Queued, not awaited: readiness is the Node turning Ready, which the ready phase waits
@@ -276,16 +277,14 @@ class JoinSequence:
         if state.ready and state.hook_completed:
             log.info("Node was Ready and the launch hook completed before; nothing to do")
             return
-        node_name = ident.instance_id if cfg.get("k3s.node_name") == "instance-id" else None
-        if node_name is None:
-            node_name = (self.imds.get("/latest/meta-data/local-hostname") or "").split(".")[0]
+        node = node_name(cfg.get("k3s.node_name"), ident)
         with step("wait-ready"):
             if self.plan:
-                self.planned_calls.append(f"kubernetes: wait for Node {node_name} Ready "
+                self.planned_calls.append(f"kubernetes: wait for Node {node} Ready "
                                           f"(up to {cfg.get('join.ready_timeout_s')}s)")
             else:
                 make = self.kube_client or (lambda: kube.client(self.root, cfg, control_plane=ident.is_control_plane))
-                kube.wait_node_ready(make, node_name, cfg.get("join.ready_timeout_s"), progress=self._waiting)
+                kube.wait_node_ready(make, node, cfg.get("join.ready_timeout_s"), progress=self._waiting)
                 state.ready = True
                 self._save()
         with step("launch-hook"):
@@ -299,7 +298,7 @@ class JoinSequence:
             if not self.plan:
                 state.hook_completed = True
                 self._save()
-        self._status(f"joined cluster {ident.cluster} as {ident.role} {node_name}")
+        self._status(f"joined cluster {ident.cluster} as {ident.role} {node}")
 
     ENDPOINT_CHECK_S = 10.0
 
@@ -329,7 +328,7 @@ class JoinSequence:
         hosts.sync(self.root, {k3s_config.endpoint_name(self.cfg, ident): chosen.ip})
         state.endpoint_ip = chosen.ip
         self._save()
-        unit = "k3s.service" if ident.is_control_plane else "k3s-agent.service"
+        unit = unit_for(ident.is_control_plane)
         self._run(["systemctl", "restart", "--no-block", unit], timeout=60)
 
     def _launch_hooks(self) -> list[str]:

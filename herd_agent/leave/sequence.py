@@ -42,6 +42,7 @@ from herd_agent.errors import HerdError
 from herd_agent.host import runner as runner_mod
 from herd_agent.host.fsroot import HostRoot
 from herd_agent.host.notify import Notifier
+from herd_agent.k3s.names import node_name, unit_for
 from herd_agent.leave import journal as jr
 from herd_agent.leave import report
 from herd_agent.logs import set_context, step
@@ -96,9 +97,7 @@ class LeaveSequence:
     def node(self) -> str:
         """Our Node's name (the instance id, or the hostname by config)."""
         assert self.ident is not None
-        if self.cfg.get("k3s.node_name") == "instance-id":
-            return self.ident.instance_id
-        return (self.imds.get("/latest/meta-data/local-hostname") or "").split(".")[0]
+        return node_name(self.cfg.get("k3s.node_name"), self.ident)
 
     def kube(self) -> Any:
         """The Kubernetes client (built once, lazily)."""
@@ -312,7 +311,7 @@ class LeaveSequence:
     def _stop_k3s(self) -> str:
         assert self.ident is not None
         how = self.cfg.get("leave.stop_k3s")
-        unit = "k3s.service" if self.ident.is_control_plane else "k3s-agent.service"
+        unit = unit_for(self.ident.is_control_plane)
         run = runner_mod.get_runner().run
         if how == "none":
             return "skipped: leave.stop_k3s is none"

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from herd_agent.sandbox.aws.region import Region
+from herd_sandbox.aws.region import Region
 
 _names = itertools.count()
 

@@ -15,7 +15,7 @@ from herd_agent.discovery.control_plane import Candidate, NoControlPlaneError, c
 from herd_agent.discovery.identity import Identity
 from herd_agent.errors import ExitCode
 from herd_agent.host.fsroot import HostRoot
-from herd_agent.sandbox.aws.region import Region
+from herd_sandbox.aws.region import Region
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_no_control_plane_after_bounded_retries(cfg) -> None:
 
 @pytest.fixture
 def ping_server(tmp_path: Path):
-    from herd_agent.sandbox.kube.pki import CertificateAuthority
+    from herd_sandbox.kube.pki import CertificateAuthority
 
     pair = CertificateAuthority().serving("127.0.0.31")
     servers = []

@@ -12,7 +12,7 @@ from herd_agent.discovery.identity import TagError, read_identity
 from herd_agent.discovery.imds import ImdsClient, ImdsError
 from herd_agent.errors import ExitCode
 from herd_agent.host.fsroot import HostRoot
-from herd_agent.sandbox.aws.region import Region
+from herd_sandbox.aws.region import Region
 
 
 def launch(region: Region, tags: dict[str, str], name: str) -> str:
@@ -111,7 +111,7 @@ def test_token_is_cached_and_renewed_after_expiry(aws_region: Region, unique: st
 
 
 def test_server_errors_are_retried_then_reported(aws_region: Region, unique: str) -> None:
-    from herd_agent.sandbox.aws.imds import Fault
+    from herd_sandbox.aws.imds import Fault
 
     iid = launch(aws_region, {"herd:cluster": "blue", "herd:role": "node"}, unique)
     imds = ImdsClient(aws_region.instance(iid).imds_url, attempts=3, backoff_max_s=0.01)

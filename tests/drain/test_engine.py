@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from herd_agent.drain.engine import Drainer, DrainPolicy, KubeDrainApi
-from herd_agent.sandbox.kube.sandbox import KubeSandbox
+from herd_sandbox.kube.sandbox import KubeSandbox
 
 
 def deployment(name: str, replicas: int, empty_dir: bool = False) -> dict[str, Any]:

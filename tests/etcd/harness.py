@@ -27,7 +27,7 @@ from herd_agent.etcd.membership import Membership
 from herd_agent.etcd.settings import EtcdSettings, Identity
 from herd_agent.etcd.status import ClusterStatus, cluster_status
 from herd_agent.host.fsroot import HostRoot
-from herd_agent.sandbox.systemctl import SandboxRunner, Systemctl, write_shim
+from herd_sandbox.systemctl import SandboxRunner, Systemctl, write_shim
 
 _NETS = itertools.count(10)
 TEST_ETCD_ENV = {"ETCD_HEARTBEAT_INTERVAL": "20", "ETCD_ELECTION_TIMEOUT": "200"}

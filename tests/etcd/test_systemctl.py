@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from herd_agent.host.fsroot import HostRoot
-from herd_agent.sandbox import systemctl as sc
+from herd_sandbox import systemctl as sc
 from tests.etcd.harness import free_port
 
 UNIT = "herd-etcd.service"

@@ -15,7 +15,7 @@ from herd_agent.config.loader import load_config
 from herd_agent.etcd.client import EtcdClient, EtcdUnreachable, TlsFiles
 from herd_agent.etcd.settings import K3S_ETCD_TLS, EtcdSettings
 from herd_agent.host.fsroot import HostRoot
-from herd_agent.sandbox.systemctl import Systemctl
+from herd_sandbox.systemctl import Systemctl
 from tests.etcd.harness import free_port
 
 UNIT = "herd-etcd.service"

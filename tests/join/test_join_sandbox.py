@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from herd_agent.sandbox.aws.region import Region
-from herd_agent.sandbox.kube.sandbox import KubeSandbox
+from herd_sandbox.aws.region import Region
+from herd_sandbox.kube.sandbox import KubeSandbox
 from tests.clusters import SandboxCluster
 
 pytestmark = pytest.mark.allow_subprocess

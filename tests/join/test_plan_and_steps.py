@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from herd_agent.sandbox.aws.region import Hook, Region
-from herd_agent.sandbox.instance import SandboxInstance
-from herd_agent.sandbox.k3s import PingServer
+from herd_sandbox.aws.region import Hook, Region
+from herd_sandbox.instance import SandboxInstance
+from herd_sandbox.k3s import PingServer
 
 pytestmark = pytest.mark.allow_subprocess
 _n = itertools.count()

@@ -13,7 +13,7 @@ from herd_agent.discovery.identity import Identity
 from herd_agent.errors import ExitCode
 from herd_agent.host.fsroot import HostRoot
 from herd_agent.join import founder, token
-from herd_agent.sandbox.aws.region import Region
+from herd_sandbox.aws.region import Region
 
 
 @pytest.fixture

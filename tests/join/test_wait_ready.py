@@ -6,7 +6,7 @@ import pytest
 
 from herd_agent.errors import ExitCode, HerdError
 from herd_agent.kube import wait_node_ready
-from herd_agent.sandbox.kube.sandbox import KubeSandbox
+from herd_sandbox.kube.sandbox import KubeSandbox
 
 
 def test_progress_until_ready(kube_sandbox: KubeSandbox, kube_client) -> None:

@@ -16,8 +16,8 @@ from herd_agent.errors import HerdError
 from herd_agent.host.fsroot import HostRoot
 from herd_agent.leave.sequence import make_kube_client
 from herd_agent.redact import redact
-from herd_agent.sandbox.aws.region import Region
-from herd_agent.sandbox.kube.sandbox import KubeSandbox
+from herd_sandbox.aws.region import Region
+from herd_sandbox.kube.sandbox import KubeSandbox
 
 RBAC = Path(__file__).resolve().parents[2] / "packaging" / "rbac" / "herd-agent.yaml"
 WORKER = Identity("i-0worker00000001", "us-east-1", "us-east-1a", "127.0.0.9", "m6i.large", None, "c", "node")

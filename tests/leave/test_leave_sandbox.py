@@ -13,8 +13,8 @@ import psutil
 import pytest
 import requests
 
-from herd_agent.sandbox.aws.region import Region
-from herd_agent.sandbox.kube.sandbox import KubeSandbox
+from herd_sandbox.aws.region import Region
+from herd_sandbox.kube.sandbox import KubeSandbox
 from tests.clusters import SandboxCluster
 
 pytestmark = pytest.mark.allow_subprocess
@@ -293,3 +293,26 @@ def test_plan_leave_shows_pods_budgets_and_blockers_and_changes_nothing(make_clu
     assert not c.kube.get("Node", w1)["spec"].get("unschedulable")
     assert len(live_pods(c.kube, w1)) == 4
     assert not c.instances[w1].root.exists("/var/lib/herd-agent/leave.json")
+
+
+def test_plan_leave_looks_at_the_node_named_by_hostname(make_cluster) -> None:
+    """``k3s.node_name: hostname``: the Node is named after IMDS local-hostname's first label, and
+    ``plan leave`` plans for that Node (it once looked for the instance id instead)."""
+    c = make_cluster("k3s:\n  node_name: hostname\n")
+    (cp,) = c.group("control-plane", 1)
+    (w1,) = c.group("node", 1)
+    for iid in (cp, w1):
+        c.join(iid)
+    # Independently of the agent: EC2's private DNS name of the worker, first label (k3s' hostname).
+    dns = c.region.client("ec2").describe_instances(InstanceIds=[w1])["Reservations"][0]["Instances"][0]
+    hostname = dns["PrivateDnsName"].split(".")[0]
+    assert hostname and hostname != w1
+    node_names = {n["metadata"]["name"] for n in c.kube.list("Node")}
+    assert hostname in node_names and w1 not in node_names
+    cordon(c.kube, next(iter(node_names - {hostname})))  # the control plane: pods go to the worker
+    c.kube.seed(deployment("web", 2))
+    c.kube.wait_for(lambda: len(live_pods(c.kube, hostname)) == 2, timeout=30)
+    r = c.instances[w1].agent("plan", "leave")
+    assert r.returncode == 0, r.stderr
+    assert f"leave plan for Node {hostname} (worker)" in r.stdout
+    assert r.stdout.count("evict ") == 2

@@ -16,7 +16,7 @@ from herd_agent.discovery.identity import Identity
 from herd_agent.host.fsroot import HostRoot
 from herd_agent.leave import journal as jr
 from herd_agent.leave.sequence import LeaveSequence
-from herd_agent.sandbox.kube.sandbox import KubeSandbox
+from herd_sandbox.kube.sandbox import KubeSandbox
 
 RBAC = Path(__file__).resolve().parents[2] / "packaging" / "rbac" / "herd-agent.yaml"
 DOCS = list(yaml.safe_load_all(RBAC.read_text()))

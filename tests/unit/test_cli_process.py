@@ -43,7 +43,7 @@ def test_watcher_import_stays_lean() -> None:
     code = (
         "import sys, herd_agent.cli, herd_agent.config, herd_agent.logs, herd_agent.host.notify, "
         "herd_agent.host.runner, herd_agent.host.fsroot\n"
-        "bad = [m for m in ('boto3', 'botocore', 'lightkube', 'kubernetes', 'moto', 'herd_agent.sandbox') "
+        "bad = [m for m in ('boto3', 'botocore', 'lightkube', 'kubernetes', 'moto', 'herd_sandbox') "
         "if m in sys.modules]\n"
         "print(','.join(bad))"
     )
