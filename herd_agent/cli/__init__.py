@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import threading
+import traceback
 from dataclasses import dataclass
 
 import click
@@ -101,8 +103,28 @@ def cli(ctx: click.Context, root: str, log_level: str | None) -> None:
     ctx.obj = AppContext(root=HostRoot(root), log_level=log_level.upper() if log_level else None)
 
 
+def _print_redacted_traceback(exc_type: type[BaseException], exc: BaseException, tb: object) -> None:
+    """Print an uncaught exception's traceback with every secret masked (sys/threading excepthook)."""
+    text = "".join(traceback.format_exception(exc_type, exc, tb))  # type: ignore[arg-type]
+    sys.stderr.write(redact(text))
+
+
+def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    sys.stderr.write(f"herd-agent: uncaught exception in thread {args.thread.name if args.thread else '?'}:\n")
+    _print_redacted_traceback(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: run the CLI and map :class:`HerdError` to its exit code."""
+    """Console-script entry point: run the CLI and map :class:`HerdError` to its exit code.
+
+    Anything uncaught (a bug) exits 1 with its traceback printed redacted (``herd_agent.redact``),
+    in the main thread and in every other thread alike: a traceback can carry a token it was
+    handed.
+    """
+    sys.excepthook = _print_redacted_traceback
+    threading.excepthook = _thread_excepthook
     try:
         cli.main(args=argv, prog_name="herd-agent", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -120,4 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     except HerdError as exc:
         click.echo(f"herd-agent: error: {redact(str(exc))}", err=True)
         sys.exit(exc.exit_code)
+    except Exception as exc:  # the last line: a bug's traceback must not print a secret either
+        sys.stderr.write("herd-agent: unexpected error (a bug; please report it):\n")
+        _print_redacted_traceback(type(exc), exc, exc.__traceback__)
+        sys.exit(ExitCode.FAILURE)
     sys.exit(ExitCode.OK)

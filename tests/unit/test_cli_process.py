@@ -50,3 +50,31 @@ def test_watcher_import_stays_lean() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == ""
+
+
+UNCAUGHT = """
+import threading, click
+from herd_agent import cli
+from herd_agent.redact import register_secret
+
+SECRET = "opaque-0f1e2d3c4b5a-secret"
+register_secret(SECRET)
+
+@click.command("boom")
+def boom():
+    t = threading.Thread(target=lambda: (_ for _ in ()).throw(RuntimeError("thread saw " + SECRET)), name="worker")
+    t.start(); t.join()
+    raise RuntimeError("main saw " + SECRET)
+
+cli.cli.add_command(boom)
+cli.main(["boom"])
+"""
+
+
+def test_uncaught_exceptions_print_redacted_tracebacks() -> None:
+    """A bug's traceback (main thread or another) exits 1 and prints no registered secret."""
+    r = subprocess.run([sys.executable, "-c", UNCAUGHT], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert "opaque-0f1e2d3c4b5a-secret" not in r.stderr + r.stdout
+    assert "main saw ***" in r.stderr and "thread saw ***" in r.stderr
+    assert "Traceback (most recent call last)" in r.stderr

@@ -14,6 +14,8 @@ from herd_agent.host.runner import Runner
 from herd_agent.redact import MASK, redact, register_secret
 
 TOKEN = "K10" + "ab12" * 16 + "::server:s3cr3tpassw0rd"
+# A registered secret that matches none of the built-in shapes: only registration can mask it.
+SHAPELESS = "opaque-s3cr3tpassw0rd-" + "7f" * 8
 SA_TOKEN = "eyJhbGciOiJSUzI1NiJ9.sa-token-payload.signature"
 
 
@@ -31,7 +33,9 @@ def restore_logging():
     logging.captureWarnings(False)
 
 
-def test_a_token_reaches_no_logger_or_handler(restore_logging: None) -> None:
+@pytest.mark.parametrize("token", [TOKEN, SHAPELESS], ids=["k3s-token-shape", "shapeless"])
+def test_a_token_reaches_no_logger_or_handler(restore_logging: None, token: str) -> None:
+    TOKEN = token  # noqa: N806  (the same body runs for both secrets)
     register_secret(TOKEN)
     register_secret(SA_TOKEN)
     console = io.StringIO()
