@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from herd_agent.etcd.client import EtcdError
 from herd_sandbox.aws.region import Hook, Region
 from herd_sandbox.instance import SandboxInstance
 from herd_sandbox.k3s import ETCD_FINALIZER, ETCD_TLS_DIR, NODE_NAME_ANNOTATION, EmbeddedEtcd
 from herd_sandbox.kube.sandbox import KubeSandbox
+from herd_sandbox.verify import EtcdGatewayError as EtcdError
 
 pytestmark = pytest.mark.allow_subprocess
 
