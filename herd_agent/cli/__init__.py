@@ -68,6 +68,8 @@ COMMANDS = {
     "watch": "herd_agent.cli.leave_cmd:watch",
     "leave": "herd_agent.cli.leave_cmd:leave",
     "etcd": "herd_agent.etcd.cli:etcd",
+    "leader": "herd_agent.cli.leader_cmd:leader",
+    "releases": "herd_agent.cli.leader_cmd:releases",
 }
 
 

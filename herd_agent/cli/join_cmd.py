@@ -64,6 +64,15 @@ def hosts_group() -> None:
 plan.add_command(_plan_leave(), "leave")
 
 
+def _plan_releases() -> click.Command:
+    from herd_agent.cli.leader_cmd import plan_releases
+
+    return plan_releases
+
+
+plan.add_command(_plan_releases(), "releases")
+
+
 @hosts_group.command("sync")
 @click.pass_obj
 def hosts_sync(obj: object) -> None:
