@@ -25,6 +25,7 @@ import select
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -103,8 +104,14 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:  # noqa: N802
         self._dispatch("DELETE")
 
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self._code = code
+        super().send_response(code, message)
+
     def _dispatch(self, method: str) -> None:
         api = self.server.api
+        self._code: int | None = None
+        user = None
         try:
             body = self._read_body()
             if body and self.headers.get("Content-Type", "").startswith(protobuf.PROTOBUF):
@@ -112,6 +119,7 @@ class _Handler(BaseHTTPRequestHandler):
             split = urlsplit(self.path)
             query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
             identity = self._authenticate()
+            user = identity.name
             api.handle(self, method, split.path.rstrip("/") or "/", query, body, identity)
         except ApiError as exc:
             self.send_json(exc.code, exc.status())
@@ -120,6 +128,9 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # answer as the real server does for internal errors
             log.exception("sandbox kube: %s %s failed", method, self.path.split("?")[0])
             self.send_json(500, ApiError(500, "InternalError", f"Internal error occurred: {exc}").status())
+        finally:
+            if method != "GET":
+                api.log_write(method, self.path.split("?")[0], user, self._code)
 
     def _read_body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
@@ -249,6 +260,22 @@ class ApiServer:
         self.https_port = 0
         self.http_port = 0
         self._stopping = threading.Event()
+        self.request_log: list[dict[str, Any]] = []
+        self.log_context: Callable[[], dict[str, Any]] | None = None
+        self._log_lock = threading.Lock()
+
+    def log_write(self, method: str, path: str, user: str | None, code: int | None) -> None:
+        """Append one write request (method, path, user, status code, wall time) to
+        :attr:`request_log`, with whatever :attr:`log_context` returns at that moment (the
+        leader scenario records the Lease holder and epoch). Bodies are never logged."""
+        entry: dict[str, Any] = {"t": time.time(), "method": method, "path": path, "user": user, "code": code}
+        if self.log_context is not None:
+            try:
+                entry.update(self.log_context())
+            except Exception:  # the log must never break a request
+                log.debug("sandbox kube: request log context failed", exc_info=True)
+        with self._log_lock:
+            self.request_log.append(entry)
 
     def start(self, https_port: int = 0, http_port: int = 0) -> None:
         """Bind the HTTPS (when TLS is configured) and HTTP listeners (0 = any free port) and serve."""
