@@ -202,6 +202,11 @@ class LeaderService:
 
     def _lead(self) -> int | None:
         epoch = self.elector.epoch()
+        # The config may have changed while we were a candidate: lead with what is on disk now,
+        # never with what was read at start (that would roll releases back to an old state).
+        if self._stamp() != self._config_stamp:
+            self._config_stamp = self._stamp()
+            self._reload()
         self.notifier.status(f"leader of {self.elector.namespace}/{self.elector.name}, epoch {epoch}")
         log.info("leading as %s, epoch %s", self.identity, epoch)
         renew_stop = threading.Event()

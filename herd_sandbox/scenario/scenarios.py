@@ -331,8 +331,16 @@ SCENARIOS: dict[str, Callable[[bool], Scenario]] = {
     "lifecycle": lambda short: lifecycle(short, "external"),
     "founding-race": founding_race,
     "embedded": lambda short: lifecycle(short, "embedded"),
+    "leader": lambda short: _leader_module().leader(short, 4),
+    "leader-helm3": lambda short: _leader_module().leader(short, 3),
 }
 """Scenario name → factory(short) → :class:`Scenario`."""
+
+
+def _leader_module() -> Any:
+    from herd_sandbox.scenario import leader
+
+    return leader
 
 
 def get(name: str, short: bool = False) -> Scenario:
