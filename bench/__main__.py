@@ -98,14 +98,24 @@ FIGURES = [
            "call): GetParameter and CompleteLifecycleAction.", goal_value=2),
     Figure("scaleout_50_nodes_fixed_addresses_s", "scaleout", ("addresses", "scaleout_s"), "s", "—",
            "As `scaleout_50_nodes_s`, with the control plane given as discovery.addresses."),
+    Figure("leader_failover_s", "leader", ("leader_failover_s",), "s", "≤ 17 (LeaseDuration + RetryPeriod)",
+           "Two real `herd-agent leader` processes on the emulated API (default Lease timings 15/10/2 s, helm 4); "
+           "the leader's process group is killed -9 after it applied a release; seconds from the kill to the other "
+           "process's first successful non-Lease write, from the API server's request log.", goal_value=17),
+    Figure("releases_bootstrap_ratio", "leader", ("releases_bootstrap_ratio",), "ratio", "< 1.0",
+           "The five test charts (CRD ← operator ← app, two independent) applied by the leader's DAG applier "
+           "(parallelism 4, readiness checks included) over the same charts applied by a plain `helm upgrade "
+           "--install --wait` loop in needs order; helm 4, each on a fresh emulated API, same run.", goal_value=1.0),
 ]
 
 SCRIPT_ARGS = {"watcher": ["--runs", "5", "--idle-s", "30"],
                "join": ["--runs", "5"], "etcd_membership": ["--runs", "5"], "aws_region": ["--runs", "5"],
-               "idle_calls": ["--runs", "3", "--window", "60"], "scaleout": ["--runs", "3", "--nodes", "50"]}
+               "idle_calls": ["--runs", "3", "--window", "60"], "scaleout": ["--runs", "3", "--nodes", "50"],
+               "leader": ["--runs", "3"]}
 QUICK_ARGS = {"watcher": ["--runs", "2", "--idle-s", "10"],
               "join": ["--runs", "2"], "etcd_membership": ["--runs", "2"], "aws_region": ["--runs", "2"],
-              "idle_calls": ["--runs", "2", "--window", "10"], "scaleout": ["--runs", "1", "--nodes", "10"]}
+              "idle_calls": ["--runs", "2", "--window", "10"], "scaleout": ["--runs", "1", "--nodes", "10"],
+              "leader": ["--runs", "1"]}
 
 
 def run_script(name: str, quick: bool) -> dict[str, Any]:
