@@ -220,22 +220,29 @@ class LeaderService:
         result: dict[str, Any] = {}
 
         def work() -> None:
-            try:
-                while not self.stop.is_set() and self.fence.holding():
+            while not self.stop.is_set() and self.fence.holding():
+                try:
                     out = applier.apply(self.rset)
                     result["last"] = out
+                    result.pop("error", None)
                     log.info("pass done in %.1f s: %s", out.seconds, out.states)
+                except Deposed as exc:
+                    log.warning("applier stopped: %s", exc)
+                    return
+                except Exception as exc:  # e.g. the API refused a read: the next pass retries
+                    log.exception("apply pass failed; the next pass retries")
+                    result["error"] = exc
                     if self.once:
                         return
-                    self._wait_for_change()
-                    if self._stamp() != self._config_stamp:
-                        self._config_stamp = self._stamp()
-                        self._reload()
-            except Deposed as exc:
-                log.warning("applier stopped: %s", exc)
-            except Exception as exc:  # a broken pass must not leave a leader that does nothing
-                log.exception("apply pass failed")
-                result["error"] = exc
+                    if self.stop.wait(self.cfg.get("leader.backoff_max_s")):
+                        return
+                    continue
+                if self.once:
+                    return
+                self._wait_for_change()
+                if self._stamp() != self._config_stamp:
+                    self._config_stamp = self._stamp()
+                    self._reload()
 
         worker = threading.Thread(target=work, name="applier", daemon=True)
         worker.start()
@@ -260,7 +267,7 @@ class LeaderService:
         renewer.join(timeout=self.elector.retry_period_s * 3)
         self.elector.release()
         self.reporter.write_metrics(leading=False)
-        if "error" in result:
+        if self.once and "error" in result:
             return int(getattr(result["error"], "exit_code", ExitCode.SOFTWARE))
         if self.once:
             out = result.get("last")
