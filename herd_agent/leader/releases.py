@@ -43,7 +43,7 @@ _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,51}[a-z0-9])?")
 _UNSUPPORTED_TOP = ("environments", "helmDefaults", "bases", "helmfiles", "hooks", "templates", "missingFileHandler",
                     "commonLabels", "apiVersions", "kubeVersion", "lockFilePath")
 _RELEASE_KEYS = {"name", "namespace", "chart", "version", "values", "valuesFiles", "set", "secrets", "needs", "wait",
-                 "timeout", "createNamespace", "installed", "atomic", "failurePolicy", "labels"}
+                 "timeout", "createNamespace", "installed", "atomic", "failurePolicy"}
 
 
 @dataclass(frozen=True)
@@ -219,6 +219,9 @@ def _release(item: Any, where: str, base_dir: Path | None, problems: list[str]) 
         elif isinstance(v, str):
             if v.endswith(".gotmpl"):
                 problems.append(f"{where}.values[{j}]: .gotmpl files are not supported (Go templates)")
+            if base_dir is None and not v.startswith("/"):
+                problems.append(f"{where}.values[{j}]: a values file in the agent config must be an absolute path "
+                                f"(got {v!r})")
             values.append(str(base_dir / v) if base_dir and not v.startswith("/") else v)
         else:
             problems.append(f"{where}.values[{j}]: must be a mapping or a file path")
@@ -227,6 +230,8 @@ def _release(item: Any, where: str, base_dir: Path | None, problems: list[str]) 
         if not isinstance(v, str):
             problems.append(f"{where}.valuesFiles[{j}]: must be a file path")
             continue
+        if base_dir is None and not v.startswith("/"):
+            problems.append(f"{where}.valuesFiles[{j}]: must be an absolute path in the agent config (got {v!r})")
         files.append(str(base_dir / v) if base_dir and not v.startswith("/") else v)
     sets = []
     for j, s in enumerate(item.get("set") or []):

@@ -99,3 +99,40 @@ def test_pending_upgrade_of_a_dead_epoch_is_rolled_back_then_applied(kube_sandbo
     assert "another operation" not in ld.helm.run("upgrade", "metrics", spec()["releases"][3]["chart"],
                                                   "--namespace", "monitoring")
     assert ld.reporter.states["monitoring/metrics"]["state"] in ("deployed", "unchanged")
+
+
+def test_pending_install_that_never_deployed_is_uninstalled_then_installed(kube_sandbox: Any, helm_binary: Path,
+                                                                          tmp_path: Path) -> None:
+    import subprocess
+
+    kube_sandbox.add_node("node-a")
+    kube_sandbox.set_node_ready("node-a", False)
+    ld = make_leader(kube_sandbox, helm_binary, tmp_path)
+    applier = Applier(ld.kube, ld.helm, ld.fence, ld.reporter, tmp_path / "values", _no_secrets, poll_s=0.1)
+    chart = spec()["releases"][3]["chart"]
+    argv = [str(helm_binary), "install", "metrics", chart, "--namespace", "monitoring", "--create-namespace",
+            "--labels", "herd.io/leader-epoch=2", "--wait", "--timeout", "120s",
+            "--kubeconfig", str(kube_sandbox.admin_kubeconfig)]
+    proc = subprocess.Popen(argv, env=ld.helm.env | {"PATH": "/usr/bin"},  # noqa: S603
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        pause = threading.Event()
+        for _ in range(600):
+            if [s["metadata"]["labels"]["status"] for s in release_secrets(kube_sandbox, "monitoring", "metrics")] \
+                    == ["pending-install"]:
+                break
+            pause.wait(0.05)
+        else:
+            raise AssertionError("helm never made a pending-install revision")
+    finally:
+        proc.kill()
+        proc.wait()
+    kube_sandbox.set_node_ready("node-a", True)
+
+    out = applier.apply(parse({"releases": [spec()["releases"][3]]}))
+
+    assert out.recovered == ["monitoring/metrics"]
+    assert ld.reporter.recoveries == 1
+    records = release_secrets(kube_sandbox, "monitoring", "metrics")
+    assert [s["metadata"]["labels"]["status"] for s in records] == ["deployed"]
+    assert records[0]["metadata"]["labels"]["herd.io/leader-epoch"] == "0"

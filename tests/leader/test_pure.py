@@ -67,6 +67,8 @@ def test_helmfile_fields_parse_with_defaults_and_namespace_relative_needs() -> N
     ({"releases": [{"name": "a", "chart": "/c", "secrets": [{"name": "p", "ssm": "/x", "secretsManager": "y"}]}]},
      "secrets"),
     ({"manifests": [{"kind": "ConfigMap"}]}, "apiVersion, kind and metadata.name"),
+    ({"releases": [{"name": "a", "chart": "/c", "valuesFiles": ["rel.yaml"]}]}, "absolute path"),
+    ({"releases": [{"name": "a", "chart": "/c", "labels": {"x": "y"}}]}, r"labels: unknown"),
 ])
 def test_bad_release_sets_name_the_key(doc: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
