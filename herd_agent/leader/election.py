@@ -135,6 +135,7 @@ class LeaderElector:
         self._observed_time: float | None = None
         self._renewed_at: float | None = None  # monotonic time of our last successful acquire/renew
         self._epoch: Epoch | None = None
+        self.last_round: float | None = None  # monotonic start of the last acquire/renew round (watchdog)
 
     # -- what the rest of the leader asks ----------------------------------------------------------
 
@@ -176,6 +177,7 @@ class LeaderElector:
         from lightkube.resources.coordination_v1 import Lease
 
         now = self.clock()
+        self.last_round = now
         try:
             lease = self.client.get(Lease, self.name, namespace=self.namespace)
         except Exception as exc:

@@ -180,12 +180,18 @@ class LeaderService:
             signal.signal(signal.SIGINT, handle)
             signal.signal(signal.SIGHUP, hup)
 
+    def healthy(self) -> bool:
+        """For the watchdog: the election loop ran a round (or the leader loop turned) in the last
+        3 x LeaseDuration; a hung API call or a stuck loop stops the keep-alives."""
+        last = max(self._beat, self.elector.last_round or 0.0)
+        return time.monotonic() - last < 3 * self.elector.lease_duration_s
+
     def run(self) -> int:
         """Candidate → leader → (lost: exit 75 | stopped: release, exit 0)."""
         self._signals()
         _ = self.helm.major  # fail early (exit 80) when helm is missing
         self.notifier.ready(f"candidate for lease {self.elector.namespace}/{self.elector.name} as {self.identity}")
-        self.notifier.start_watchdog(lambda: time.monotonic() - self._beat < 60)
+        self.notifier.start_watchdog(self.healthy)
         self.reporter.write_metrics(leading=False)
         try:
             while not self.stop.is_set():

@@ -206,3 +206,16 @@ def test_values_merge_secrets_into_a_0600_file_and_the_hash_follows_them(tmp_pat
     h1 = values_hash(r, gen, lambda p: b"")
     h2 = values_hash(r, generated_values(r, lambda ref: "rotated"), lambda p: b"")
     assert h1 != h2 and len(h1) == 40
+
+
+def test_watchdog_health_follows_the_election_rounds_of_a_candidate() -> None:
+    import time
+    from types import SimpleNamespace
+
+    from herd_agent.leader.service import LeaderService
+
+    now = time.monotonic()
+    candidate = SimpleNamespace(_beat=now - 3600, elector=SimpleNamespace(last_round=now - 2, lease_duration_s=15))
+    assert LeaderService.healthy(candidate)  # type: ignore[arg-type]
+    candidate.elector.last_round = now - 60  # no round for 60 s: the API call hangs
+    assert not LeaderService.healthy(candidate)  # type: ignore[arg-type]
