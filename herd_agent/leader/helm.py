@@ -174,11 +174,6 @@ class Helm:
         out = self.run("list", "-a", "-A", "--max", "0", "-o", "json", timeout=60)
         return json.loads(out or "[]") or []
 
-    def history(self, name: str, namespace: str) -> list[dict[str, Any]]:
-        """``helm history -o json``: revisions with ``revision`` and ``status``."""
-        return json.loads(self.run("history", name, "--namespace", namespace, "--max", "256", "-o", "json",
-                                   timeout=60) or "[]")
-
     def manifest(self, name: str, namespace: str) -> str:
         """``helm get manifest``: the rendered objects of the current revision."""
         return self.run("get", "manifest", name, "--namespace", namespace, timeout=60)
