@@ -69,6 +69,7 @@ class Reporter:
         self.recoveries = 0
         self.apply_seconds: float | None = None
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # one status apply at a time, each with every entry
 
     def set(self, release_id: str, state: str, why: str = "", *, event: bool = True, warning: bool = False) -> None:
         """Record ``state`` (one of :data:`STATES`) of ``release_id`` with ``why``: status ConfigMap,
@@ -83,7 +84,7 @@ class Reporter:
                 self.recoveries += 1
         log.info("release %s: %s%s", release_id, state, f" ({why})" if why else "")
         try:
-            self._write_configmap({_key(release_id): json.dumps(entry, sort_keys=True)})
+            self._write_configmap()
             if event:
                 self._event(f"Release{state.capitalize()}", f"{release_id}: {state}{': ' + why if why else ''}",
                             warning)
@@ -91,20 +92,24 @@ class Reporter:
             pass
         self.write_metrics()
 
-    def _write_configmap(self, data: dict[str, str]) -> None:
+    def _write_configmap(self) -> None:
+        """Server-side apply of the whole status (every entry we know): an apply that omits a key
+        this field manager applied before removes it (Kubernetes "Server-Side Apply"), so each
+        apply carries them all, one apply at a time."""
         from lightkube.models.meta_v1 import ObjectMeta
         from lightkube.resources.core_v1 import ConfigMap
 
-        epoch = self.fence.check(f"status ConfigMap {self.namespace}/{status_configmap_name(self.lease_name)}")
-        data = {**data, "leader": json.dumps({"holder": epoch.holder, "epoch": epoch.transitions})}
-        cm = ConfigMap(metadata=ObjectMeta(name=status_configmap_name(self.lease_name), namespace=self.namespace,
-                                           annotations=self.fence.labels(epoch)), data=data)
-        try:
-            self.kube.apply(cm, field_manager="herd-agent-leader", force=True)
-        except Deposed:
-            raise
-        except Exception as exc:
-            _limited.log(logging.WARNING, "status", "could not write the status ConfigMap: %s", exc)
+        with self._write_lock:
+            epoch = self.fence.check(f"status ConfigMap {self.namespace}/{status_configmap_name(self.lease_name)}")
+            with self._lock:
+                data = {_key(rid): json.dumps(e, sort_keys=True) for rid, e in self.states.items()}
+            data["leader"] = json.dumps({"holder": epoch.holder, "epoch": epoch.transitions})
+            cm = ConfigMap(metadata=ObjectMeta(name=status_configmap_name(self.lease_name), namespace=self.namespace,
+                                               annotations=self.fence.labels(epoch)), data=data)
+            try:
+                self.kube.apply(cm, field_manager="herd-agent-leader", force=True)
+            except Exception as exc:
+                _limited.log(logging.WARNING, "status", "could not write the status ConfigMap: %s", exc)
 
     def _event(self, reason: str, message: str, warning: bool) -> None:
         from lightkube.models.core_v1 import EventSource, ObjectReference
