@@ -135,7 +135,9 @@ def test_fence_refuses_when_not_holding_or_too_little_term_left() -> None:
     with pytest.raises(Deposed):
         f.check("w")
     assert (f.writes, f.refused) == (1, 2)
-    assert label_value("ip-10-0-0-1.ec2.internal_3f") == "ip-10-0-0-1.ec2.internal_3f"[:63].replace("_", "_")
+    assert label_value("ip-10-0-0-1.ec2.internal_3f") == "ip-10-0-0-1.ec2.internal_3f"
+    assert label_value("host:a/b") == "host-a-b"
+    assert label_value("x" * 80 + "_") == "x" * 63
 
 
 # -- stuck ---------------------------------------------------------------------------------------------
