@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,15 @@ from herd_agent.leader.helm import Helm
 from herd_agent.leader.status import Reporter
 
 CHARTS = Path(__file__).resolve().parent.parent / "charts"
+RENEWERS_STOP = threading.Event()
+
+
+@pytest.fixture(autouse=True)
+def _stop_renewers() -> Iterator[None]:
+    """Every leader made by :func:`make_leader` renews its Lease until its test ends."""
+    RENEWERS_STOP.clear()
+    yield
+    RENEWERS_STOP.set()
 
 
 def lease_client(kubeconfig: Path) -> Any:
@@ -45,6 +56,7 @@ def make_leader(kube_sandbox: Any, helm_binary: Path, tmp_path: Path, identity: 
     kube = lease_client(kube_sandbox.admin_kubeconfig)
     elector = LeaderElector(kube, "kube-system", "herd-agent-leader", identity)
     assert elector.try_acquire_or_renew()
+    threading.Thread(target=elector.renew, args=(RENEWERS_STOP,), daemon=True).start()  # keeps the Lease
     fence = Fence(elector.holding, elector.epoch, elector.remaining_s)
     work = tmp_path / identity / "helm"
     helm = Helm(str(helm_binary), str(kube_sandbox.admin_kubeconfig),
