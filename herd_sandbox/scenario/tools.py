@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 """The checkout this package runs from (``.toolchain/bin`` lives here after ``scripts/setup``)."""
 
 
