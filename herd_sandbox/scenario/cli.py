@@ -39,6 +39,9 @@ def run(scenario: str, short: bool, json_out: bool, state_dir: Path | None, etcd
                      replaced, one at a time; a worker spot-interrupted.  (default)
       founding-race  5 control planes boot at once: one founder, one cluster.
       embedded       lifecycle with k3s' embedded etcd.
+      leader         3 control planes elect a leader that applies Helm releases (helm 4);
+                     kill -9 mid upgrade, recovery, a one-release change, a deposed leader.
+      leader-helm3   leader with helm 3.
 
     \b
     Exit: 0 every check passed, 1 a step or a check failed, 130 interrupted.
