@@ -41,4 +41,11 @@ def check(obj: object, file: str | None, role: str | None) -> None:
     click.echo(f"# sources: {sources}")
     if cfg.role:
         click.echo(f"# checked for role: {cfg.role}")
+    if cfg.get("etcd.mode") == "external":  # etcd's transport, in plain words (docs/etcd.md)
+        from herd_agent.etcd.settings import EtcdSettings, transport_of
+
+        click.echo(f"# etcd transport: {transport_of(EtcdSettings.from_config(cfg))}")
+        if cfg.get("etcd.insecure_plain_http"):
+            click.echo("warning: etcd.insecure_plain_http: the etcd members are unencrypted and unauthenticated",
+                       err=True)
     click.echo(cfg.to_yaml(), nl=False)

@@ -183,7 +183,15 @@ SCHEMA = Schema(
         Opt("etcd.mode", "str", "embedded", "embedded: k3s' own etcd (TLS); external: agent-run stacked etcd.",
             choices=("embedded", "external")),
         Opt("etcd.insecure_plain_http", "bool", False,
-            "External mode only: accept that the stacked members talk plain, unencrypted HTTP (no TLS yet)."),
+            "External mode only: turn OFF etcd TLS; the stacked members then talk plain HTTP, "
+            "unencrypted and unauthenticated (anyone reaching port 2379 reads and writes the datastore). "
+            "Logged as a warning at every start."),
+        Opt("etcd.ca_secret", "str", "/herd/{cluster}/etcd-ca",
+            "External mode with TLS: Secrets Manager secret holding the etcd cluster CA (created by the "
+            "founder; only control planes may read it).", pattern=r"[A-Za-z0-9/_+=.@\-{}]{1,512}"),
+        Opt("etcd.cert_lifetime_days", "int", 365,
+            "External mode with TLS: lifetime of a member certificate, days; renewed with a third left.",
+            min=1, max=3650),
         Opt("etcd.client_port", "int", 2379, "etcd client port.", min=1, max=65535),
         Opt("etcd.peer_port", "int", 2380, "etcd peer port.", min=1, max=65535),
         Opt("etcd.data_dir", "str", "/var/lib/etcd", "etcd data directory (external mode).", pattern=r"/.*"),
@@ -289,11 +297,7 @@ SCHEMA = Schema(
             "a worker's kubelet credentials cannot evict pods; give the agent its own",
         ),
     ),
-    requires=(
-        Requires("etcd.mode", "external", "etcd.insecure_plain_http", True,
-                 "the stacked etcd members talk plain HTTP (TLS for external mode is not built yet); say so "
-                 "in plain words, or use etcd.mode: embedded"),
-    ),
+    requires=(),
     exclusives=(
         Exclusive(("discovery.addresses", "discovery.instance_ids"), "name the control planes one way"),
         Exclusive(("kube.kubeconfig", "kube.token_ssm_parameter", "kube.token_secret_id"),

@@ -3,7 +3,8 @@
 The etcd settings come from the config's ``etcd.*`` keys under ``--root``. Endpoints default to
 this host's member: in ``embedded`` mode k3s' ``https://127.0.0.1:2379`` with k3s' etcd client
 certificate; in ``external`` mode the client URL on the IP from the identity journal (or
-``--ip``), else ``127.0.0.1``.
+``--ip``), else ``127.0.0.1``, with this member's certificate (TLS, the default) or plain HTTP
+(``etcd.insecure_plain_http``, which every command warns about).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from herd_agent.errors import ExitCode
 from herd_agent.etcd.client import url_host
 from herd_agent.etcd.journal import read_journal
 from herd_agent.etcd.membership import Membership
-from herd_agent.etcd.settings import EtcdSettings, Identity
+from herd_agent.etcd.settings import EtcdSettings, Identity, transport_of
 from herd_agent.logs import setup_logging
 
 
@@ -46,12 +47,19 @@ class _Ctx:
     def membership(self) -> Membership:
         if not self.ip:
             raise click.UsageError("--ip is required (no identity journal names this member's IP)")
-        return Membership(self.root, self.settings, Identity(self.name, self.ip))
+        return Membership(self.root, self.settings, Identity(self.name, self.ip), ca_store=self.ca_store())
 
     def oracle(self) -> Any:
         from herd_agent.etcd.gc import Ec2InstanceOracle
 
         return Ec2InstanceOracle(region=self.region)
+
+    def ca_store(self) -> Any:
+        if not self.settings.member_tls:
+            return None
+        from herd_agent.etcd.pki import SecretsManagerCaStore
+
+        return SecretsManagerCaStore(self.settings.ca_secret, region=self.region)
 
 
 @click.group()
@@ -84,8 +92,10 @@ def status_cmd(c: _Ctx, as_json: bool, no_cloud: bool) -> None:
     \b
     JSON keys: cluster_id, leader, voters, healthy_voters, quorum, quorum_margin, learners,
     members[] (id, id_hex, name, peer_urls, client_urls, is_learner, started, healthy, leader,
-    raft_index, errors, version), stale_candidates[] (id, name, reason, evidence, for_s, ripe).
-    IDs are decimal strings as on the etcd wire; id_hex is what etcdctl prints.
+    raft_index, errors, version), stale_candidates[] (id, name, reason, evidence, for_s, ripe),
+    transport (how the members talk: TLS with client certificates, or PLAIN HTTP when
+    etcd.insecure_plain_http opts out). IDs are decimal strings as on the etcd wire; id_hex is
+    what etcdctl prints.
     """
     from herd_agent.etcd.gc import assess, load_seen
     from herd_agent.etcd.status import cluster_status
@@ -104,12 +114,15 @@ def status_cmd(c: _Ctx, as_json: bool, no_cloud: bool) -> None:
             _, cands = assess(st.members, instances, load_seen(c.root, c.settings.gc_state_file), now,
                               stale_grace_s=c.settings.stale_grace_s,
                               unstarted_grace_s=c.settings.unstarted_grace_s,
-                              self_id=journal.member_id if journal else None)
+                              self_id=journal.member_id if journal else None,
+                              silent={m.id for m in st.members if m.started and st.statuses.get(m.id) is None})
             st.stale = [x.to_json(now) for x in cands]
+    transport = transport_of(c.settings)
     if as_json:
-        click.echo(json.dumps(st.to_json(), indent=2))
+        click.echo(json.dumps({**st.to_json(), "transport": transport}, indent=2))
     else:
         click.echo(st.to_table())
+        click.echo(f"transport: {transport}")
 
 
 @etcd.command("gc")
@@ -122,7 +135,7 @@ def gc_cmd(c: _Ctx, dry_run: bool) -> None:
     Prints one line per candidate. Exit 0 when nothing was ripe or one member was removed;
     75 when a ripe candidate was refused to protect quorum.
     """
-    m = Membership(c.root, c.settings, Identity(c.name, c.ip or "127.0.0.1"))
+    m = Membership(c.root, c.settings, Identity(c.name, c.ip or "127.0.0.1"), ca_store=c.ca_store())
     result = m.gc(c.endpoints, c.oracle(), dry_run=dry_run)
     now = time.time()
     for cand in result.candidates:

@@ -3,7 +3,7 @@
 Every call is a ``POST`` of a JSON body to ``<endpoint><prefix>/<service>/<method>``; the prefix
 is ``/v3`` on etcd 3.4+ and ``/v3beta`` on 3.3, chosen once per endpoint from ``GET /version``.
 The gateway answers errors as JSON ``{"error", "code", "message"}`` where ``code`` is the gRPC
-status code; :func:`error_from_body` turns them into the typed errors below.
+status code; :func:`herd_agent.etcd.errors.error_from_body` turns them into typed errors (errors.py).
 
 Wire conventions the gateway keeps (and this client keeps out of its callers' way):
 
@@ -36,141 +36,15 @@ from tenacity import (
     wait_exponential,
 )
 
-from herd_agent.errors import ExitCode, HerdError
-
-log = logging.getLogger(__name__)
-
-# gRPC status codes (google.rpc.Code) the gateway puts in "code".
-GRPC_NOT_FOUND = 5
-GRPC_ALREADY_EXISTS = 6
-GRPC_FAILED_PRECONDITION = 9
-GRPC_UNAVAILABLE = 14
-
-
-class EtcdError(HerdError):
-    """An etcd call failed.
-
-    Attributes:
-        code: the gRPC status code from the gateway's JSON body (None for transport errors).
-        etcd_message: etcd's own message, e.g. ``etcdserver: unhealthy cluster``.
-        endpoint: the client URL that answered (or failed).
-    """
-
-    exit_code = ExitCode.UNAVAILABLE
-
-    def __init__(self, message: str, *, code: int | None = None, etcd_message: str = "", endpoint: str = ""):
-        super().__init__(message)
-        self.code = code
-        self.etcd_message = etcd_message
-        self.endpoint = endpoint
-
-
-class EtcdUnreachable(EtcdError):
-    """No endpoint answered (connection refused, timeout, TLS failure)."""
-
-
-class UnhealthyCluster(EtcdError):
-    """``etcdserver: unhealthy cluster`` (gRPC 14): reconfiguration refused until every voter has been
-    connected for etcd's health interval (5 s); transient, retried."""
-
-    exit_code = ExitCode.TEMP_FAIL
-
-
-class TooManyLearners(EtcdError):
-    """``etcdserver: too many learner members in cluster`` (gRPC 9): etcd allows one learner; retried."""
-
-    exit_code = ExitCode.TEMP_FAIL
-
-
-class LearnerNotInSync(EtcdError):
-    """``can only promote a learner member which is in sync with leader`` (gRPC 9); retried."""
-
-    exit_code = ExitCode.TEMP_FAIL
-
-
-class NotEnoughStartedMembers(EtcdError):
-    """``re-configuration failed due to not enough started members`` (gRPC 9)."""
-
-    exit_code = ExitCode.TEMP_FAIL
-
-
-class MemberNotFound(EtcdError):
-    """``etcdserver: member not found`` (gRPC 5)."""
-
-
-class MemberIDRemoved(EtcdError):
-    """``etcdserver: ID removed`` (gRPC 9): the member ID belongs to a removed member."""
-
-
-class PeerURLExists(EtcdError):
-    """``etcdserver: Peer URLs already exists`` (gRPC 9): a member already has that peer URL."""
-
-
-class MemberNotLearner(EtcdError):
-    """``can only promote a learner member`` (gRPC 9): the member is already a voter."""
-
-
-class BadLeaderTransferee(EtcdError):
-    """``etcdserver: bad leader transferee`` (gRPC 9): the target is unknown, a learner or down."""
-
-
-class NotLeader(EtcdError):
-    """``etcdserver: not leader`` (gRPC 14): transfer-leadership was sent to a follower."""
-
-
-class LearnerEndpoint(EtcdError):
-    """``etcdserver: rpc not supported for learner`` (gRPC 14): the endpoint is a learner, which
-    serves no client requests but status; another endpoint must answer."""
-
-
-# (message fragment, class); the first fragment found in etcd's message wins.
-_BY_MESSAGE: tuple[tuple[str, type[EtcdError]], ...] = (
-    ("unhealthy cluster", UnhealthyCluster),
-    ("too many learner members", TooManyLearners),
-    ("in sync with leader", LearnerNotInSync),
-    ("not enough started members", NotEnoughStartedMembers),
-    ("member not found", MemberNotFound),
-    ("id removed", MemberIDRemoved),
-    ("peer urls already exists", PeerURLExists),
-    ("can only promote a learner member", MemberNotLearner),
-    ("bad leader transferee", BadLeaderTransferee),
-    ("not leader", NotLeader),
-    ("rpc not supported for learner", LearnerEndpoint),
+from herd_agent.etcd.errors import (
+    RETRYABLE,
+    EtcdError,  # noqa: F401 - the base class stays importable from here for callers outside etcd/
+    EtcdUnreachable,
+    LearnerEndpoint,
+    error_from_body,
 )
 
-RETRYABLE: tuple[type[EtcdError], ...] = (UnhealthyCluster, TooManyLearners, LearnerNotInSync,
-                                          NotEnoughStartedMembers)
-
-
-def error_from_body(status: int, body: Any, endpoint: str) -> EtcdError:
-    """Map a gateway error answer to a typed :class:`EtcdError`.
-
-    Args:
-        status: the HTTP status (400, 404, 503, ...).
-        body: the decoded JSON body ``{"error", "code", "message"}`` (or anything else).
-        endpoint: the client URL that answered.
-    """
-    code: int | None = None
-    message = ""
-    if isinstance(body, dict):
-        err = body.get("error")
-        if isinstance(err, dict):  # streaming methods wrap it: {"error": {"grpc_code", "message"}}
-            code = err.get("grpc_code", err.get("code"))
-            message = str(err.get("message", ""))
-        else:
-            code = body.get("code")
-            message = str(body.get("message") or err or "")
-    if not message:
-        message = f"HTTP {status}"
-    lowered = message.lower()
-    cls: type[EtcdError] = EtcdError
-    for fragment, candidate in _BY_MESSAGE:
-        if fragment in lowered:
-            cls = candidate
-            break
-    return cls(f"etcd at {endpoint}: {message} (grpc code {code})", code=code, etcd_message=message,
-               endpoint=endpoint)
-
+log = logging.getLogger(__name__)
 
 def member_id_hex(member_id: int) -> str:
     """The member ID as ``etcdctl`` prints it (lower-case hex, no prefix)."""

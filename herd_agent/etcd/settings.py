@@ -9,10 +9,15 @@ Names of files and units on the host:
   writes only that file, never the unit.
 - ``<data_dir>.identity.json``: the identity journal next to the data dir (see journal.py).
 - ``/var/lib/herd-agent/etcd-gc.json``: first-seen times of stale candidates (see gc.py).
+- ``/var/lib/herd-agent/etcd-pki/``: external mode with TLS: ``ca.crt`` (the cluster CA
+  certificate), ``member.crt``/``member.key`` (this member's certificate, for serving clients and
+  peers and as the client certificate of the agent and of k3s' datastore connection), all 0600
+  (see pki.py). The CA's key is never written here: it stays in Secrets Manager.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +25,23 @@ from typing import Any
 from herd_agent.etcd.client import TlsFiles
 from herd_agent.host.fsroot import HostRoot
 
+log = logging.getLogger(__name__)
+
 K3S_ETCD_TLS = "/var/lib/rancher/k3s/server/tls/etcd"
+PKI_DIR = "/var/lib/herd-agent/etcd-pki"
+INSECURE_WARNING = ("etcd.insecure_plain_http is true: the external etcd members talk plain HTTP, "
+                    "UNENCRYPTED AND UNAUTHENTICATED; anyone who reaches the client port (%d) reads and "
+                    "writes the whole datastore")
+_warned = False
+
+
+def transport_of(settings: EtcdSettings) -> str:
+    """One line saying how the members talk (for ``etcd status`` and ``config check``)."""
+    if settings.mode == "embedded":
+        return "TLS with client certificates (k3s' embedded etcd)"
+    if settings.member_tls:
+        return "TLS with client-certificate authentication on client and peer URLs"
+    return "PLAIN HTTP: unencrypted and unauthenticated (etcd.insecure_plain_http: true)"
 
 
 @dataclass(frozen=True)
@@ -66,6 +87,13 @@ class EtcdSettings:
         extra_env: more ``ETCD_*`` variables for the env file (tests shorten
             ``ETCD_HEARTBEAT_INTERVAL``/``ETCD_ELECTION_TIMEOUT`` here).
         embedded_client_url: client URL of k3s' embedded etcd on this host.
+        member_tls: external mode: the agent runs its members with TLS and client-certificate
+            authentication (client and peer), certificates under ``pki_dir`` from the cluster CA.
+        pki_dir: host directory of ``ca.crt``, ``member.crt``, ``member.key`` (0600 each).
+        ca_secret: Secrets Manager secret id holding the cluster CA (certificate and key, PEM, JSON).
+        cert_lifetime_s: lifetime of a member certificate, seconds; renewed when less than a
+            third is left.
+        ca_lifetime_s: lifetime of the cluster CA, seconds.
     """
 
     mode: str = "external"
@@ -90,20 +118,50 @@ class EtcdSettings:
     tls: TlsFiles | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
     embedded_client_url: str = "https://127.0.0.1:2379"
+    member_tls: bool = False
+    pki_dir: str = PKI_DIR
+    ca_secret: str = "/herd/herd/etcd-ca"
+    cert_lifetime_s: float = 365 * 86400.0
+    ca_lifetime_s: float = 10 * 365 * 86400.0
+
+    @classmethod
+    def external_tls(cls, **over: Any) -> EtcdSettings:
+        """External-mode settings with member TLS on (https URLs, our client certificate)."""
+        pki = str(over.get("pki_dir", PKI_DIR))
+        over.setdefault("tls", TlsFiles(ca=f"{pki}/ca.crt", cert=f"{pki}/member.crt", key=f"{pki}/member.key"))
+        return cls(mode="external", scheme="https", member_tls=True, **over)
+
+    def pki_files(self) -> TlsFiles:
+        """Host paths of the CA certificate and our member certificate and key (external TLS)."""
+        return TlsFiles(ca=f"{self.pki_dir}/ca.crt", cert=f"{self.pki_dir}/member.crt",
+                        key=f"{self.pki_dir}/member.key")
 
     @classmethod
     def from_config(cls, cfg: Any, cluster: str = "herd") -> EtcdSettings:
         """Build from a loaded :class:`~herd_agent.config.loader.Config` (its ``etcd.*`` keys).
 
         Embedded mode takes k3s' etcd client certificate (server-client.crt/.key, server-ca.crt).
+        External mode runs TLS with client certificates unless ``etcd.insecure_plain_http`` says
+        otherwise; that opt-out is logged at WARNING once per process (every join, every watcher
+        start, every ``herd-agent etcd`` command).
         """
+        global _warned
         mode = cfg.get("etcd.mode")
         tls = None
         scheme = "http"
+        member_tls = False
+        pki = PKI_DIR
         if mode == "embedded":
             scheme = "https"
             tls = TlsFiles(ca=f"{K3S_ETCD_TLS}/server-ca.crt", cert=f"{K3S_ETCD_TLS}/server-client.crt",
                            key=f"{K3S_ETCD_TLS}/server-client.key")
+        elif cfg.get("etcd.insecure_plain_http"):
+            if not _warned:
+                log.warning(INSECURE_WARNING, int(cfg.get("etcd.client_port")))
+                _warned = True
+        else:
+            scheme, member_tls = "https", True
+            tls = TlsFiles(ca=f"{pki}/ca.crt", cert=f"{pki}/member.crt", key=f"{pki}/member.key")
         return cls(
             mode=mode,
             client_port=int(cfg.get("etcd.client_port")),
@@ -114,6 +172,10 @@ class EtcdSettings:
             unstarted_grace_s=float(cfg.get("etcd.unstarted_grace_s")),
             scheme=scheme,
             tls=tls,
+            member_tls=member_tls,
+            pki_dir=pki,
+            ca_secret=str(cfg.get("etcd.ca_secret")).replace("{cluster}", cluster),
+            cert_lifetime_s=float(cfg.get("etcd.cert_lifetime_days")) * 86400.0,
         )
 
     def peer_url(self, ip: str) -> str:

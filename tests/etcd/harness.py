@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from herd_agent.etcd.client import EtcdClient, EtcdError, Member
+from herd_agent.etcd.client import EtcdClient, Member, TlsFiles
+from herd_agent.etcd.errors import EtcdError
 from herd_agent.etcd.gc import Ec2InstanceOracle
 from herd_agent.etcd.membership import Membership
+from herd_agent.etcd.pki import SecretsManagerCaStore
 from herd_agent.etcd.settings import EtcdSettings, Identity
 from herd_agent.etcd.status import ClusterStatus, cluster_status
 from herd_agent.host.fsroot import HostRoot
@@ -76,7 +78,14 @@ class Instance:
 
 @dataclass
 class Lab:
-    """A set of instances on loopback sharing one pair of etcd ports and one moto EC2."""
+    """A set of instances on loopback sharing one pair of etcd ports and one moto EC2.
+
+    With ``settings.member_tls`` (the production default) the members run TLS with client
+    certificates; the cluster CA lives in moto's Secrets Manager under ``settings.ca_secret``.
+    ``oracle_factory`` / ``ca_store_factory`` replace the default AWS clients (e.g. a sandbox
+    region's), and :meth:`adopt` gives an instance launched elsewhere (an Auto Scaling group) a
+    host root and a member.
+    """
 
     base: Path
     toolchain_bin: Path
@@ -87,6 +96,8 @@ class Lab:
     instances: list[Instance] = field(default_factory=list)
     runner_env: dict[str, str] = field(default_factory=dict)
     net: int = field(default_factory=lambda: next(_NETS))
+    oracle_factory: Callable[[], Any] | None = None
+    ca_store_factory: Callable[[], Any] | None = None
     _hosts: itertools.count = field(default_factory=lambda: itertools.count(2))
 
     def __post_init__(self) -> None:
@@ -101,8 +112,33 @@ class Lab:
     def advance(self, seconds: float) -> None:
         self.clock[0] += seconds
 
-    def oracle(self) -> Ec2InstanceOracle:
-        return Ec2InstanceOracle(region="us-east-1")
+    def oracle(self) -> Any:
+        if self.oracle_factory is not None:
+            return self.oracle_factory()
+        import boto3
+
+        return Ec2InstanceOracle(region="us-east-1", client=self.ec2,
+                                 autoscaling=boto3.client("autoscaling", region_name="us-east-1"))
+
+    def ca_store(self) -> Any:
+        if not self.settings.member_tls:
+            return None
+        if self.ca_store_factory is not None:
+            return self.ca_store_factory()
+        import boto3
+
+        return SecretsManagerCaStore(self.settings.ca_secret, client=boto3.client("secretsmanager",
+                                                                                  region_name="us-east-1"))
+
+    def tls(self) -> TlsFiles | None:
+        """Client TLS files for observing the cluster: any instance's member certificate."""
+        if not self.settings.member_tls:
+            return None
+        for inst in self.instances:
+            files = self.settings.tls_files(inst.root)
+            if files and files.cert and Path(files.cert).exists():
+                return files
+        return None
 
     def next_ip(self) -> str:
         return f"127.0.{self.net}.{next(self._hosts)}"
@@ -119,12 +155,16 @@ class Lab:
             subnet = self.ec2.create_subnet(VpcId=vpc, CidrBlock="127.0.0.0/16")["Subnet"]["SubnetId"]
         res = self.ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, SubnetId=subnet,
                                      PrivateIpAddress=ip)
-        name = res["Instances"][0]["InstanceId"]
+        return self.adopt(res["Instances"][0]["InstanceId"], ip, settings)
+
+    def adopt(self, name: str, ip: str, settings: EtcdSettings | None = None) -> Instance:
+        """Give the instance ``name`` at ``ip`` (already running in the cloud) a root and a member."""
         root = HostRoot(self.base / name)
         root.makedirs("/etc")
         runner = SandboxRunner(root, self.path)
         runner.env.update(self.runner_env)
-        m = Membership(root, settings or self.settings, Identity(name, ip), runner=runner, clock=self.now)
+        m = Membership(root, settings or self.settings, Identity(name, ip), runner=runner, clock=self.now,
+                       ca_store=self.ca_store())
         inst = Instance(name, ip, root, runner, m)
         self.instances.append(inst)
         return inst
@@ -143,7 +183,7 @@ class Lab:
         return [i.client_url for i in self.live() if i is not exclude and i.systemctl().is_active(self.settings.unit)]
 
     def client(self, exclude: Instance | None = None) -> EtcdClient:
-        return EtcdClient(self.endpoints(exclude) or [i.client_url for i in self.live()], retry_s=10)
+        return EtcdClient(self.endpoints(exclude) or [i.client_url for i in self.live()], tls=self.tls(), retry_s=10)
 
     def members(self) -> list[Member]:
         return self.client().member_list()[1]

@@ -35,8 +35,10 @@ def _restore_root_logger():
 
 def _config(inst, lab, mode="external"):
     s = lab.settings
+    plain = mode == "external" and not s.member_tls
     inst.root.write("/etc/herd-agent/config.yaml",
-                    f"etcd:\n  mode: {mode}\n  insecure_plain_http: {str(mode == 'external').lower()}\n"
+                    f"etcd:\n  mode: {mode}\n  insecure_plain_http: {str(plain).lower()}\n"
+                    f"  ca_secret: {s.ca_secret}\n"
                     f"  client_port: {s.client_port}\n  peer_port: {s.peer_port}\n", mode=0o644)
 
 
@@ -123,3 +125,30 @@ def test_two_join_processes_at_once(lab):
     assert [p.returncode for p in procs] == [0, 0], outputs
     wait_for(lambda: healthy_voters_equal(lab, [a, *joiners]), what="both processes joined")
     assert any("is held by" in err for _, err in outputs)  # one of them waited for the other
+
+
+def test_status_says_the_members_talk_tls(lab):
+    a = lab.found()
+    _config(a, lab)
+    doc = json.loads(_run(a, "status", "--json", "--no-cloud").stdout)
+    assert doc["transport"] == "TLS with client-certificate authentication on client and peer URLs"
+    assert "transport: TLS with client-certificate" in _run(a, "status", "--no-cloud").stdout
+
+
+def test_plain_http_opt_out_is_shown_and_warned(plain_lab, monkeypatch, caplog):
+    from herd_agent.etcd import settings as settings_mod
+
+    lab = plain_lab
+    a = lab.found()
+    _config(a, lab)
+    monkeypatch.setattr(settings_mod, "_warned", False)  # once per process: this test's process start
+    with caplog.at_level(logging.WARNING, logger="herd_agent.etcd.settings"):
+        res = _run(a, "status", "--no-cloud")
+    assert res.exit_code == 0, res.output
+    assert "transport: PLAIN HTTP: unencrypted and unauthenticated" in res.stdout
+    assert any("UNENCRYPTED AND UNAUTHENTICATED" in r.getMessage() for r in caplog.records) or \
+        "UNENCRYPTED AND UNAUTHENTICATED" in res.stderr
+    check = CliRunner().invoke(cli, ["--root", str(a.root.root), "config", "check"], catch_exceptions=False)
+    assert check.exit_code == 0, check.output
+    assert "# etcd transport: PLAIN HTTP: unencrypted and unauthenticated" in check.stdout
+    assert "unencrypted and unauthenticated" in check.stderr

@@ -8,14 +8,8 @@ import time
 
 import pytest
 
-from herd_agent.etcd.client import (
-    EtcdClient,
-    EtcdUnreachable,
-    LearnerNotInSync,
-    MemberNotFound,
-    TooManyLearners,
-    member_id_hex,
-)
+from herd_agent.etcd.client import EtcdClient, member_id_hex
+from herd_agent.etcd.errors import EtcdUnreachable, LearnerNotInSync, MemberNotFound, TooManyLearners
 from herd_agent.etcd.lock import LockLost, LockTimeout, MembershipLock
 from tests.etcd.harness import free_port, wait_for
 

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from herd_agent.errors import CommandError
-from herd_agent.etcd.membership import MembershipError, QuorumRefused
+from herd_agent.etcd.errors import MembershipError, QuorumRefused
 from tests.etcd.harness import healthy_voters_equal, wait_for
 
 pytestmark = pytest.mark.allow_subprocess

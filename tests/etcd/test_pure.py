@@ -5,21 +5,17 @@ from __future__ import annotations
 
 import pytest
 
-from herd_agent.etcd.client import (
+from herd_agent.etcd.client import Member, MemberStatus, gateway_prefix, member_id_hex, url_host
+from herd_agent.etcd.errors import (
     EtcdError,
     LearnerNotInSync,
-    Member,
     MemberNotFound,
-    MemberStatus,
     TooManyLearners,
     UnhealthyCluster,
     error_from_body,
-    gateway_prefix,
-    member_id_hex,
-    url_host,
 )
 from herd_agent.etcd.gc import InstanceInfo, assess, instance_verdict, matches
-from herd_agent.etcd.membership import render_env
+from herd_agent.etcd.member import render_env
 from herd_agent.etcd.quorum import (
     healthy_voters,
     leader_of,

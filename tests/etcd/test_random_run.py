@@ -21,7 +21,8 @@ import threading
 
 import pytest
 
-from herd_agent.etcd.client import EtcdClient, EtcdError
+from herd_agent.etcd.client import EtcdClient
+from herd_agent.etcd.errors import EtcdError
 from herd_agent.etcd.quorum import quorum_size
 from tests.etcd.harness import healthy_voters_equal, wait_for
 

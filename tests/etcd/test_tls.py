@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from herd_agent.config.loader import load_config
-from herd_agent.etcd.client import EtcdClient, EtcdUnreachable, TlsFiles
+from herd_agent.etcd.client import EtcdClient, TlsFiles
+from herd_agent.etcd.errors import EtcdUnreachable
 from herd_agent.etcd.settings import K3S_ETCD_TLS, EtcdSettings
 from herd_agent.host.fsroot import HostRoot
 from herd_sandbox.systemctl import Systemctl
