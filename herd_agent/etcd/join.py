@@ -2,6 +2,7 @@
 
 All under the cluster-wide :class:`~herd_agent.etcd.lock.MembershipLock`:
 
+0. TLS: make sure our member certificate exists and is not due (it is our client certificate too).
 1. Read the member list and the identity journal. If the journal, the data dir and the live
    membership agree (same cluster, our member ID present with our peer URL), this is a reboot:
    renew our certificate if due, (re)start the unit, promote if still a learner, and stop.
@@ -17,7 +18,7 @@ All under the cluster-wide :class:`~herd_agent.etcd.lock.MembershipLock`:
    a dead voter blocks every joiner. So the add is tried in slices; after each refused slice the
    joiner runs another stale-member pass, which removes a dead going-away voter with quorum proof,
    and the next slice succeeds (:func:`add_learner`). Bounded by ``reconfig_retry_s``.
-5. Issue our member certificate (TLS), write the env file with ``ETCD_INITIAL_CLUSTER`` from the
+5. Write the env file with ``ETCD_INITIAL_CLUSTER`` from the
    member list the add returned and ``ETCD_INITIAL_CLUSTER_STATE=existing``, ``systemctl start``
    (it returns once etcd serves), wait until our raft index reaches the best of the existing
    members, ``MemberPromote`` (retrying "not in sync"). A failed start or promotion removes our
@@ -73,6 +74,7 @@ def join(me: LocalMember, peers: Sequence[str], oracle: InstanceOracle | None = 
         PkiError: TLS is on and the cluster CA could not be read.
     """
     settings = me.settings
+    renewed = me.ensure_certificates()  # our client certificate is what lets us talk to the cluster
     client = me.client([p for p in peers if p != me.client_url] or peers)
     with me.lock(client) as lock:
         cluster_id, members = client.member_list()
@@ -83,7 +85,6 @@ def join(me: LocalMember, peers: Sequence[str], oracle: InstanceOracle | None = 
                 and [m.id for m in mine] == [journal.member_id] and mine[0].started
                 and me.peer_url in mine[0].peer_urls):
             log.info("etcd member %s and its data dir are intact; restarting it", member_id_hex(journal.member_id))
-            renewed = me.ensure_certificates()
             me.systemctl("restart" if renewed else "start")
             if mine[0].is_learner:
                 _catch_up_and_promote(me, client, mine[0].id, lock)
@@ -113,7 +114,6 @@ def join(me: LocalMember, peers: Sequence[str], oracle: InstanceOracle | None = 
             rotate_data_dir(me.root, settings.data_dir, why)
         if oracle is not None:
             removed += _gc_until_clean(me, client, oracle, lock)
-        me.ensure_certificates()
 
         lock.check()
         added_at = time.monotonic()

@@ -6,6 +6,7 @@ Real etcd 3.5 and 3.4 (``.toolchain/bin/etcd``, ``etcd-3.4``); moto's Secrets Ma
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -178,6 +179,8 @@ def test_certificates_renewed_before_expiry_keep_the_cluster_working(short_lab):
     assert _cert(a).serial_number == old[a.name].serial_number
     lab.advance(max(c.not_valid_after_utc.timestamp() for c in old.values()) - lab.now() - 5)  # < 1/3 left
     for inst in (a, b):
+        # the renewed certificates get an hour, so they clearly outlive the originals
+        inst.membership.settings = dataclasses.replace(lab.settings, cert_lifetime_s=3600)
         pid = inst.systemctl().pid(lab.settings.unit)
         inst.membership.gc([inst.client_url], lab.oracle())
         assert _cert(inst).serial_number != old[inst.name].serial_number

@@ -19,7 +19,7 @@ from tests.etcd.harness import Lab, healthy_voters_equal, wait_for
 
 pytestmark = pytest.mark.allow_subprocess
 
-GROUP = "cp"
+GROUP = "herd-cp"
 
 
 @pytest.fixture
