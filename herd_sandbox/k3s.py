@@ -12,7 +12,8 @@ fails the way k3s fails:
 - ``server:``: the name is resolved through the instance's ``/etc/hosts`` (as the system resolver
   would) and probed (``GET /ping``) until it answers — so a wrong hosts block keeps the node out;
 - ``datastore-endpoint``: the etcd must answer ``/version``; the server registers itself under
-  ``/registry/herd-sandbox/servers/<node>`` through the v3 gateway;
+  ``/registry/herd-sandbox/servers/<node>`` through the v3 gateway, with ``datastore-cafile`` and
+  ``datastore-certfile``/``-keyfile`` as its TLS CA and client certificate when given (as k3s);
 - node password: like k3s (issue 6054), a per-instance password in ``/etc/rancher/node/password``
   is checked against the Secret ``kube-system/<node>.node-password.k3s``; a reused node name with
   another password is rejected until the old Node (and so its secret) is deleted;
@@ -647,15 +648,23 @@ def run(role: str, root: HostRoot, api: Api, *, wait_s: float = 120.0, stop: thr
             return 1
     if conf.get("datastore-endpoint"):
         endpoint = str(conf["datastore-endpoint"]).rstrip("/")
+        # Like k3s (kine): datastore-cafile verifies the server, datastore-certfile/-keyfile are the
+        # client certificate; files are host paths under the instance root.
+        tls: dict[str, Any] = {}
+        if conf.get("datastore-cafile"):
+            tls["verify"] = str(root.path(str(conf["datastore-cafile"])))
+        if conf.get("datastore-certfile") and conf.get("datastore-keyfile"):
+            tls["cert"] = (str(root.path(str(conf["datastore-certfile"]))),
+                           str(root.path(str(conf["datastore-keyfile"]))))
         while True:
             try:
-                if requests.get(endpoint + "/version", timeout=2).ok:
+                if requests.get(endpoint + "/version", timeout=2, **tls).ok:
                     key = base64.b64encode(f"/registry/herd-sandbox/servers/{name}".encode()).decode()
                     requests.post(endpoint + "/v3/kv/put", json={"key": key, "value": base64.b64encode(
-                        ip.encode()).decode()}, timeout=5).raise_for_status()
+                        ip.encode()).decode()}, timeout=5, **tls).raise_for_status()
                     break
-            except requests.RequestException:
-                pass
+            except (requests.RequestException, OSError) as exc:
+                print(f"level=info msg=\"datastore {endpoint}: {exc}\"", flush=True)
             print(f"level=info msg=\"Waiting for datastore {endpoint}\"", flush=True)
             if time.monotonic() > deadline or stop.wait(0.5):
                 return 1

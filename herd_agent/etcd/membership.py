@@ -57,6 +57,11 @@ class Membership(LocalMember):
         Returns:
             :class:`herd_agent.etcd.gc.GcResult`.
         """
+        if self.ca_store is None and self.settings.member_tls:
+            from herd_agent.etcd.pki import SecretsManagerCaStore
+
+            # Only read when a renewal is due; the region is the oracle's (the watcher's IMDS region).
+            self.ca_store = SecretsManagerCaStore(self.settings.ca_secret, region=getattr(oracle, "region", None))
         client = self.client(peers)
         journal = read_journal(self.root, self.settings.data_dir)
         with self.lock(client):

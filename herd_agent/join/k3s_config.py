@@ -9,7 +9,8 @@ Keys the agent owns: ``node-name`` (the instance id by default: EC2 reuses IPs a
 a reused name trips k3s' node-password check), ``node-ip``, ``node-label`` (zone, instance type),
 ``kubelet-arg`` (graceful node shutdown), ``token-file``, ``server`` (the /etc/hosts endpoint name,
 except for the founder), ``tls-san`` (servers), ``cluster-init`` (founder, embedded etcd) and
-``datastore-endpoint`` (external etcd). ``k3s.extra`` adds user options: names are checked
+``datastore-endpoint`` (external etcd; with TLS also ``datastore-cafile``/``-certfile``/``-keyfile``,
+the member's certificate from ``herd_agent.etcd.pki``). ``k3s.extra`` adds user options: names are checked
 against k3s' flags, owned keys are refused, and list values of owned list keys are appended.
 """
 
@@ -29,7 +30,8 @@ from herd_agent.k3s.names import node_name
 
 CONFIG_FILE = "/etc/rancher/k3s/config.yaml.d/50-herd-agent.yaml"
 
-OWNED = {"node-name", "node-ip", "token", "token-file", "server", "cluster-init", "datastore-endpoint"}
+OWNED = {"node-name", "node-ip", "token", "token-file", "server", "cluster-init", "datastore-endpoint",
+         "datastore-cafile", "datastore-certfile", "datastore-keyfile"}
 OWNED_LISTS = {"node-label", "kubelet-arg", "tls-san"}
 
 # k3s options valid on both `k3s server` and `k3s agent`.
@@ -134,6 +136,11 @@ def render(
         elif datastore_endpoint:
             out["datastore-endpoint"] = datastore_endpoint
             out.pop("server", None)  # with an external datastore, servers share state through etcd
+            if datastore_endpoint.startswith("https://"):  # external etcd with TLS: k3s presents the member cert
+                from herd_agent.etcd.settings import PKI_DIR
+
+                out.update({"datastore-cafile": f"{PKI_DIR}/ca.crt", "datastore-certfile": f"{PKI_DIR}/member.crt",
+                            "datastore-keyfile": f"{PKI_DIR}/member.key"})
     for key, value in extra.items():
         base = key[:-1] if key.endswith("+") else key
         if base in OWNED_LISTS:

@@ -254,9 +254,10 @@ class JoinSequence:
             return endpoint
         with step("etcd"):
             from herd_agent.etcd.membership import Membership
+            from herd_agent.etcd.pki import SecretsManagerCaStore
 
             me = Membership(self.root, settings, EtcdIdentity(ident.instance_id, ident.private_ip),
-                            runner=self.plan_runner)
+                            runner=self.plan_runner, ca_store=SecretsManagerCaStore(settings.ca_secret, ident.region))
             if state.founder:
                 self._mutate("etcd: found a new cluster", me.found)
             else:

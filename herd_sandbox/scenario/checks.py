@@ -46,12 +46,17 @@ def member_node(name: str, embedded: bool) -> str:
 
 
 def etcd_client(c: ScenarioCluster, m: Machine) -> Any:
-    """The sandbox's own etcd gateway client for ``m``'s member (embedded: with k3s' client certificate)."""
+    """The sandbox's own etcd gateway client for ``m``'s member (embedded: with k3s' client certificate;
+    external: with the member certificate the agent wrote, over HTTPS)."""
     from herd_sandbox.k3s import EmbeddedEtcd
     from herd_sandbox.verify import EtcdGateway
 
     if c.etcd_mode == "embedded":
         return EmbeddedEtcd(m.inst.root, m.instance_id, m.ip).client()
+    pki = m.inst.root.path("/var/lib/herd-agent/etcd-pki")  # external: TLS with the member's certificate
+    if (pki / "member.crt").exists():
+        return EtcdGateway([f"https://{m.ip}:2379"], ca=str(pki / "ca.crt"), cert=str(pki / "member.crt"),
+                           key=str(pki / "member.key"))
     return EtcdGateway([f"http://{m.ip}:2379"])
 
 

@@ -52,7 +52,7 @@ def agent_config(etcd_mode: str, worker: bool) -> str:
         "join:\n  ready_timeout_s: 120\n"
         "watch:\n  poll_interval_s: 0.5\n"
         "hosts:\n  refresh_interval_s: 5\n"
-        f"etcd:\n  mode: {etcd_mode}\n  insecure_plain_http: {str(etcd_mode == 'external').lower()}\n"
+        f"etcd:\n  mode: {etcd_mode}\n"  # external mode: TLS with client certificates, the default
         "leave:\n  deadline_s: 120\n  reserve_s: 5\n"
     )
     if worker:

@@ -122,3 +122,31 @@ def test_ec2_oracle_answers_by_id_and_ip_including_terminated(lab):
     found = {i.instance_id: i for i in lab.oracle().describe([x.name, y.name, "not-an-id"], [x.ip])}
     assert found[x.name].state == "running" and found[x.name].private_ip == x.ip
     assert found[y.name].state == "terminated"
+
+
+class _Counting:
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+
+    def describe(self, names, ips):
+        self.calls += 1
+        return self.inner.describe(names, ips)
+
+
+def test_cloud_is_asked_only_on_evidence(lab):
+    """An idle, healthy cluster whose members the cloud confirmed once costs no AWS call per pass;
+    a member that stops answering brings the cloud back in (issue 12: idle AWS calls)."""
+    a, b, c = lab.three()
+    oracle = _Counting(lab.oracle())
+    first = _gc(lab, a)  # a's state file is fresh: every member is unknown
+    assert first.asked_cloud and any("not yet confirmed" in w for w in first.evidence)
+    for _ in range(3):
+        idle = gc_once(lab.client(), oracle, a.root, state_file=STATE, stale_grace_s=lab.settings.stale_grace_s,
+                       unstarted_grace_s=lab.settings.unstarted_grace_s, clock=lab.now)
+        assert not idle.asked_cloud and idle.evidence == [] and idle.candidates == []
+    assert oracle.calls == 0
+    lab.kill9(c)
+    woke = gc_once(lab.client(exclude=c), oracle, a.root, state_file=STATE, stale_grace_s=lab.settings.stale_grace_s,
+                   unstarted_grace_s=lab.settings.unstarted_grace_s, clock=lab.now)
+    assert oracle.calls == 1 and woke.asked_cloud
+    assert any(c.name in w and "does not answer" in w for w in woke.evidence)
