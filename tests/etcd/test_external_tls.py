@@ -219,3 +219,21 @@ def test_settings_from_config_default_to_tls(tmp_path):
     assert s.tls.cert == "/var/lib/herd-agent/etcd-pki/member.crt"
     assert s.cert_lifetime_s == 365 * 86400
     assert os.path.basename(s.pki_files().key) == "member.key"
+
+
+def test_k3s_datastore_uses_the_member_certificate(tmp_path):
+    from herd_agent.config.loader import load_config
+    from herd_agent.discovery.identity import Identity as HostIdentity
+    from herd_agent.join import k3s_config
+
+    root = HostRoot(tmp_path)
+    root.write("/etc/herd-agent/config.yaml", "etcd:\n  mode: external\n", mode=0o644)
+    cp = HostIdentity("i-0aaa", "us-east-1", "us-east-1b", "127.0.1.5", "m6i.large", "blue-cp", "blue",
+                      "control-plane")
+    settings = EtcdSettings.from_config(load_config(root), cluster="blue")
+    out = k3s_config.render(load_config(root), cp, founder=False, datastore_endpoint=settings.client_url(cp.private_ip))
+    assert out["datastore-endpoint"] == "https://127.0.1.5:2379"
+    assert (out["datastore-cafile"], out["datastore-certfile"], out["datastore-keyfile"]) == (
+        settings.tls.ca, settings.tls.cert, settings.tls.key)
+    plain = k3s_config.render(load_config(root), cp, founder=False, datastore_endpoint="http://127.0.1.5:2379")
+    assert "datastore-certfile" not in plain

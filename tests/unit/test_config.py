@@ -196,12 +196,16 @@ def test_help_is_useful(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--file" in out and "--role" in out and "exit 78" in out and "config.d" in out
 
 
-def test_external_etcd_needs_plain_words_about_plain_http(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_external_etcd_is_tls_unless_plain_http_is_said_in_plain_words(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    # issue 13: external etcd runs TLS with client certificates by default; plain HTTP is the opt-out
     write(tmp_path, "etc/herd-agent/config.yaml", "etcd:\n  mode: external\n")
-    code, _, err = run_check(tmp_path, capsys)
-    assert code == 78
-    assert err.startswith("etcd.insecure_plain_http: must be true when etcd.mode is \"external\": the stacked etcd "
-                          "members talk plain HTTP")
-    assert err.rstrip().endswith("(got false)")
+    code, out, err = run_check(tmp_path, capsys)
+    assert code == 0
+    assert "# etcd transport: TLS with client-certificate authentication on client and peer URLs" in out
+    assert "unencrypted" not in out + err
     write(tmp_path, "etc/herd-agent/config.yaml", "etcd:\n  mode: external\n  insecure_plain_http: true\n")
-    assert run_check(tmp_path, capsys)[0] == 0
+    code, out, err = run_check(tmp_path, capsys)
+    assert code == 0
+    assert "# etcd transport: PLAIN HTTP: unencrypted and unauthenticated" in out
+    assert err.rstrip().endswith("the etcd members are unencrypted and unauthenticated")
