@@ -76,10 +76,18 @@ FIGURES = [
            "1,000 pods over 10 nodes, list with fieldSelector spec.nodeName over HTTPS, median of 30.",
            goal_value=200),
     Figure("aws_calls_per_node_hour_idle", "idle_calls", ("aws_calls_per_node_hour_idle",), "calls", "0",
-           "AWS calls per node-hour of idle joined nodes (1 control plane + 2 workers, each running the real "
-           "`herd-agent watch`: IMDS poll every 0.5 s, /etc/hosts probe every 5 s), counted in the sandbox "
-           "region's call log (every instance signs with its own key) over 60 s windows, scaled to an hour.",
+           "AWS calls per node-hour of idle joined nodes (3 control planes with external etcd over TLS + 2 "
+           "workers, each running the real `herd-agent watch`: IMDS poll every 0.5 s, /etc/hosts probe every "
+           "5 s, metrics every 60 s, etcd gc every 30 s), counted in the sandbox region's call log (every "
+           "instance signs with its own key) over 150 s windows — longer than every periodic pass — that start "
+           "after each control plane's first etcd pass, scaled to an hour.",
            goal_value=0),
+    Figure("aws_calls_per_node_hour_idle_control_plane", "idle_calls",
+           ("aws_calls_per_node_hour_idle_control_plane",), "calls", "0",
+           "The same windows, control planes only (their periodic etcd gc asks EC2 only on evidence: a "
+           "member that does not answer or is unknown).", goal_value=0),
+    Figure("aws_calls_per_node_hour_idle_worker", "idle_calls", ("aws_calls_per_node_hour_idle_worker",), "calls",
+           "0", "The same windows, workers only.", goal_value=0),
     Figure("scaleout_50_nodes_s", "scaleout", ("tags", "scaleout_s"), "s", "—",
            "Wall-clock seconds from one SetDesiredCapacity 0 → 50 on the worker group, against a running control "
            "plane, with 10 % of EC2 calls throttled (seeded), until all 50 are InService with a Ready Node; every "

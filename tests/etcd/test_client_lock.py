@@ -19,7 +19,7 @@ pytestmark = pytest.mark.allow_subprocess
 @pytest.fixture
 def one(lab):
     inst = lab.found()
-    return inst, EtcdClient([inst.client_url], retry_s=5)
+    return inst, EtcdClient([inst.client_url], tls=lab.tls(), retry_s=5)
 
 
 def test_prefix_ids_and_etcdctl_agree(one, toolchain):
@@ -27,7 +27,9 @@ def test_prefix_ids_and_etcdctl_agree(one, toolchain):
     assert client.prefix(inst.client_url) == "/v3"
     cluster_id, [m] = client.member_list()
     assert cluster_id and m.name == inst.name and m.started and not m.is_learner
-    out = subprocess.run([str(toolchain.etcdctl), "--endpoints", inst.client_url, "member", "list"],
+    tls = client.tls
+    out = subprocess.run([str(toolchain.etcdctl), "--endpoints", inst.client_url, "--cacert", tls.ca, "--cert",
+                          tls.cert, "--key", tls.key, "member", "list"],
                          capture_output=True, text=True, check=True).stdout
     assert out.split(",")[0] == member_id_hex(m.id)  # etcdctl prints the decimal JSON ID in hex
 
@@ -59,9 +61,9 @@ def test_kv_is_base64_and_create_only_once(one):
 
 
 def test_failover_to_an_answering_endpoint(one):
-    inst, _ = one
+    inst, live = one
     dead = f"http://127.0.0.1:{free_port()}"
-    client = EtcdClient([dead, inst.client_url], timeout_s=1, retry_s=0)
+    client = EtcdClient([dead, inst.client_url], tls=live.tls, timeout_s=1, retry_s=0)
     assert client.member_list()[1]
     assert client.endpoints[0] == inst.client_url
     with pytest.raises(EtcdUnreachable):

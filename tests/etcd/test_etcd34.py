@@ -37,7 +37,7 @@ def test_found_join_and_leader_leave_on_etcd_34(lab34):
     lab = lab34
     a, b, c = lab.three()
     wait_for(lambda: healthy_voters_equal(lab, [a, b, c]), what="three voters on 3.4")
-    client = EtcdClient([a.client_url])
+    client = EtcdClient([a.client_url], tls=lab.tls())  # over TLS with client certificates (the default)
     assert client.version(a.client_url)["etcdserver"].startswith("3.4.")
     assert client.prefix(a.client_url) == "/v3"
     st = lab.status()

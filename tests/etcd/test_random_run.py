@@ -43,7 +43,8 @@ class Monitor(threading.Thread):
         while not self.stop.wait(0.05):
             urls = [i.client_url for i in self.lab.instances if i.alive]
             try:
-                _, members = EtcdClient(urls, timeout_s=2, retry_s=0).member_list(linearizable=False)
+                client = EtcdClient(urls, tls=self.lab.tls(), timeout_s=2, retry_s=0)
+                _, members = client.member_list(linearizable=False)
             except EtcdError:
                 continue
             running = {i.name for i in self.lab.instances if i.systemctl().is_active(self.lab.settings.unit)}
