@@ -71,6 +71,7 @@ def etcd_members(c: ScenarioCluster) -> Check:
     clusters: dict[str, int] = {}
     members: list[Any] = []
     problems = []
+    refused = 0
     for m in cps:
         client = etcd_client(c, m)
         try:
@@ -81,6 +82,17 @@ def etcd_members(c: ScenarioCluster) -> Check:
             problems.append(f"{m.label}'s member did not answer: {exc}")
         finally:
             client.close()
+        if not embedded and client.cert:  # external over TLS: a client without a certificate is refused
+            from herd_sandbox.verify import EtcdGateway
+
+            bare = EtcdGateway(list(client.endpoints), ca=client.ca)
+            try:
+                bare.member_list()
+                problems.append(f"{m.label}'s member answered a client without a certificate")
+            except EtcdError:
+                refused += 1
+            finally:
+                bare.close()
     nodes = sorted(member_node(mem.name, embedded) if mem.name else f"(unstarted {mem.id:x})" for mem in members)
     learners = [mem.name for mem in members if mem.is_learner]
     if len(set(clusters.values())) > 1:
@@ -98,7 +110,9 @@ def etcd_members(c: ScenarioCluster) -> Check:
             "cluster_ids": {k: str(v) for k, v in clusters.items()}}
     if problems:
         return Check(name, False, "; ".join(problems), data)
-    return Check(name, True, f"{len(members)} voters, one cluster: {', '.join(c.label(n) for n in nodes)}", data)
+    tls = f"; TLS: {refused} refused a client without a certificate" if refused else ""
+    return Check(name, True, f"{len(members)} voters, one cluster: {', '.join(c.label(n) for n in nodes)}{tls}",
+                 data)
 
 
 def nodes_match(c: ScenarioCluster) -> Check:
