@@ -15,7 +15,10 @@ Prints one JSON document:
 
 each as ``{"median", "min", "max", "stdev", "n"}`` in seconds.
 
-Usage: ``.venv/bin/python bench/etcd_membership.py [--runs 5] [--fast-timers] [--etcd PATH]``.
+Members talk TLS with client certificates (the external-mode default; the CA is kept in memory
+here instead of Secrets Manager); ``--plain`` measures the ``etcd.insecure_plain_http`` opt-out.
+
+Usage: ``.venv/bin/python bench/etcd_membership.py [--runs 5] [--fast-timers] [--plain] [--etcd PATH]``.
 ``--fast-timers`` uses the tests' 20 ms heartbeat / 200 ms election timeout instead of etcd's
 defaults (100 ms / 1000 ms).
 """
@@ -50,6 +53,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class MemoryCaStore:
+    """The cluster CA kept in this process (the agent keeps it in Secrets Manager)."""
+
+    def __init__(self) -> None:
+        self.pair: tuple[bytes, bytes] | None = None
+
+    def get(self) -> tuple[bytes, bytes] | None:
+        return self.pair
+
+    def create(self, cert: bytes, key: bytes) -> bool:
+        if self.pair is not None:
+            return False
+        self.pair = (cert, key)
+        return True
+
+
 def spread(values: list[float]) -> dict[str, float]:
     return {"median": round(statistics.median(values), 4), "min": round(min(values), 4),
             "max": round(max(values), 4), "stdev": round(statistics.pstdev(values), 4), "n": len(values)}
@@ -60,6 +79,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--settle-s", type=float, default=5.5)
     ap.add_argument("--fast-timers", action="store_true")
+    ap.add_argument("--plain", action="store_true", help="plain HTTP (the etcd.insecure_plain_http opt-out)")
     ap.add_argument("--etcd", default=str(REPO / ".toolchain" / "bin" / "etcd"))
     args = ap.parse_args()
 
@@ -68,8 +88,10 @@ def main() -> int:
     write_shim(bindir, sys.executable)
     path = f"{bindir}:{Path(args.etcd).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"
     extra = {"ETCD_HEARTBEAT_INTERVAL": "20", "ETCD_ELECTION_TIMEOUT": "200"} if args.fast_timers else {}
-    settings = EtcdSettings(client_port=free_port(), peer_port=free_port(), listen_localhost=False,
-                            extra_env=extra, lock_ttl_s=5)
+    common = dict(client_port=free_port(), peer_port=free_port(), listen_localhost=False, extra_env=extra,
+                  lock_ttl_s=5)
+    settings = EtcdSettings(**common) if args.plain else EtcdSettings.external_tls(**common)  # type: ignore[arg-type]
+    store = MemoryCaStore()
     net = 200 + os.getpid() % 50
     members: list[Membership] = []
     counter = iter(range(2, 250))
@@ -77,7 +99,8 @@ def main() -> int:
     def instance() -> Membership:
         n = next(counter)
         root = HostRoot(base / f"i{n}")
-        m = Membership(root, settings, Identity(f"bench-{n}", f"127.0.{net}.{n}"), runner=SandboxRunner(root, path))
+        m = Membership(root, settings, Identity(f"bench-{n}", f"127.0.{net}.{n}"), runner=SandboxRunner(root, path),
+                       ca_store=store)
         members.append(m)
         return m
 
@@ -110,6 +133,7 @@ def main() -> int:
         "etcd_version": subprocess.run([args.etcd, "--version"], capture_output=True, text=True,  # noqa: S603
                                        check=False).stdout.split("\n")[0].split()[-1],
         "timers": "20ms/200ms" if args.fast_timers else "etcd defaults 100ms/1000ms",
+        "transport": "plain HTTP" if args.plain else "TLS with client certificates",
         "runs": args.runs, "cluster_size_before_join": 3,
         "etcd_join_s": spread(joins), "etcd_promote_after_start_s": spread(promotes),
         "etcd_leave_s": spread(leaves), "etcd_leave_total_s": spread(leave_totals),
