@@ -118,11 +118,11 @@ FIGURES = [
 
 SCRIPT_ARGS = {"watcher": ["--runs", "5", "--idle-s", "30"],
                "join": ["--runs", "5"], "etcd_membership": ["--runs", "5"], "aws_region": ["--runs", "5"],
-               "idle_calls": ["--runs", "3", "--window", "60"], "scaleout": ["--runs", "3", "--nodes", "50"],
+               "idle_calls": ["--runs", "3", "--window", "150"], "scaleout": ["--runs", "3", "--nodes", "50"],
                "leader": ["--runs", "3"]}
 QUICK_ARGS = {"watcher": ["--runs", "2", "--idle-s", "10"],
               "join": ["--runs", "2"], "etcd_membership": ["--runs", "2"], "aws_region": ["--runs", "2"],
-              "idle_calls": ["--runs", "2", "--window", "10"], "scaleout": ["--runs", "1", "--nodes", "10"],
+              "idle_calls": ["--quick"], "scaleout": ["--runs", "1", "--nodes", "10"],
               "leader": ["--runs", "1"]}
 
 

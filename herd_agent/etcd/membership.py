@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+from herd_agent.errors import HerdError
 from herd_agent.etcd import found as found_op
 from herd_agent.etcd import join as join_op
 from herd_agent.etcd import leave as leave_op
@@ -66,7 +67,10 @@ class Membership(LocalMember):
         journal = read_journal(self.root, self.settings.data_dir)
         with self.lock(client):
             if not dry_run:
-                self.renew_certificates()
+                try:
+                    self.renew_certificates()
+                except HerdError as exc:  # the stale-member pass must not wait on Secrets Manager
+                    log.warning("could not renew this etcd member's certificate: %s", exc)
             return gc_once(client, oracle, self.root, state_file=self.settings.gc_state_file,
                            stale_grace_s=self.settings.stale_grace_s,
                            unstarted_grace_s=self.settings.unstarted_grace_s,
