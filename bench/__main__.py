@@ -85,7 +85,9 @@ FIGURES = [
     Figure("aws_calls_per_node_hour_idle_control_plane", "idle_calls",
            ("aws_calls_per_node_hour_idle_control_plane",), "calls", "0",
            "The same windows, control planes only (their periodic etcd gc asks EC2 only on evidence: a "
-           "member that does not answer or is unknown).", goal_value=0),
+           "member that does not answer or is unknown). Outside the windows, each control plane's first etcd "
+           "pass after its watcher starts confirms the members once: DescribeInstances (by id, by IP) and "
+           "DescribeAutoScalingInstances (the script prints them as first_pass_calls).", goal_value=0),
     Figure("aws_calls_per_node_hour_idle_worker", "idle_calls", ("aws_calls_per_node_hour_idle_worker",), "calls",
            "0", "The same windows, workers only.", goal_value=0),
     Figure("scaleout_50_nodes_s", "scaleout", ("tags", "scaleout_s"), "s", "—",
