@@ -185,7 +185,7 @@ SCHEMA = Schema(
         Opt("etcd.insecure_plain_http", "bool", False,
             "External mode only: turn OFF etcd TLS; the stacked members then talk plain HTTP, "
             "unencrypted and unauthenticated (anyone reaching port 2379 reads and writes the datastore). "
-            "Logged as a warning at every start."),
+            "Logged as a warning by every join and etcd command."),
         Opt("etcd.ca_secret", "str", "/herd/{cluster}/etcd-ca",
             "External mode with TLS: Secrets Manager secret holding the etcd cluster CA (created by the "
             "founder; only control planes may read it).", pattern=r"[A-Za-z0-9/_+=.@\-{}]{1,512}"),

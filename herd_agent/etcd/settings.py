@@ -142,8 +142,8 @@ class EtcdSettings:
 
         Embedded mode takes k3s' etcd client certificate (server-client.crt/.key, server-ca.crt).
         External mode runs TLS with client certificates unless ``etcd.insecure_plain_http`` says
-        otherwise; that opt-out is logged at WARNING once per process (every join, every watcher
-        start, every ``herd-agent etcd`` command).
+        otherwise; that opt-out is logged at WARNING once per process (every join, every
+        ``herd-agent etcd`` command, the watcher's first etcd pass).
         """
         global _warned
         mode = cfg.get("etcd.mode")
