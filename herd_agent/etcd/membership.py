@@ -81,6 +81,8 @@ class Membership(LocalMember):
 
         Call under the membership lock: one member restarts at a time, and the lock is released
         only after it serves again with a leader, so renewals never cost more than one voter.
+        k3s (``systemctl try-restart k3s.service``) restarts too, as it reads its datastore client
+        certificate only when it starts.
 
         Returns:
             True when the certificate was renewed and the member restarted.
@@ -92,4 +94,10 @@ class Membership(LocalMember):
         log.warning("renewed this etcd member's TLS certificate; restarting %s", self.settings.unit)
         self.systemctl("restart")
         self.wait_serving(self.client([self.client_url]))
+        # k3s reads its datastore client certificate (the member certificate) when it starts:
+        # restart it if it runs, still under the lock, so it presents the renewed one.
+        from herd_agent.host.runner import get_runner
+        from herd_agent.k3s.names import SERVER_UNIT
+
+        (self.runner or get_runner()).run(["systemctl", "try-restart", SERVER_UNIT], timeout=120)
         return True

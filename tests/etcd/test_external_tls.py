@@ -185,6 +185,7 @@ def test_certificates_renewed_before_expiry_keep_the_cluster_working(short_lab):
         inst.membership.gc([inst.client_url], lab.oracle())
         assert _cert(inst).serial_number != old[inst.name].serial_number
         assert inst.systemctl().pid(lab.settings.unit) != pid  # restarted with the new certificate
+        assert ["systemctl", "try-restart", "k3s.service"] in inst.runner.calls  # k3s re-reads its client cert
     expiry = max(c.not_valid_after_utc.timestamp() for c in old.values())
     wait_for(lambda: time.time() > expiry + 1, timeout=60, what="the original certificates expire")
     wait_for(lambda: healthy_voters_equal(lab, [a, b]), what="two voters after the old certificates expired")
