@@ -4,10 +4,24 @@ Tags come from instance metadata (``meta-data/tags/instance``) when instance-met
 enabled; otherwise from ``ec2:DescribeTags`` filtered on this instance's id. The ASG name is the
 ``aws:autoscaling:groupName`` tag that Auto Scaling puts on every instance it launches.
 ``cluster.name`` and ``identity.role`` in the config override the tags.
+
+**Validation before use.** What IMDS says about the instance ends up in /etc/hosts, the k3s
+config and the Node name, so each field is checked for its documented form first, and a bad one
+stops the join with :class:`IdentityError` (exit 65) naming the field, before anything is
+written:
+
+- ``instanceId``: ``i-`` and 8 or 17 lowercase hex digits (EC2 resource ids);
+- ``privateIp``, ``local-ipv4``: one IPv4 or IPv6 address (:mod:`ipaddress`; any range, since
+  VPCs may use any private or public block);
+- ``local-hostname``: a DNS name per RFC 1123 (labels of letters, digits and ``-``, at most 63
+  characters, 253 in all; no whitespace or line breaks), or empty when IMDS has none;
+- ``region``: ``us-east-1``-shaped (``[a-z]{2}(-[a-z0-9]+)+-[0-9]+``); ``availabilityZone``: the
+  region followed by a zone letter or a local-zone suffix (``us-east-1a``, ``us-west-2-lax-1a``).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 from dataclasses import dataclass, field
@@ -20,12 +34,91 @@ log = logging.getLogger(__name__)
 
 ASG_TAG = "aws:autoscaling:groupName"
 _CLUSTER_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_INSTANCE_ID_RE = re.compile(r"i-([0-9a-f]{8}|[0-9a-f]{17})")
+_REGION_RE = re.compile(r"[a-z]{2}(-[a-z0-9]+)+-[0-9]+")
+_AZ_SUFFIX_RE = re.compile(r"[a-z]|(-[a-z0-9]+)+-?[0-9]*[a-z]")
+_LABEL_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
 class TagError(HerdError):
     """A tag the agent needs is missing or malformed (exit 65)."""
 
     exit_code = ExitCode.DATA
+
+
+class IdentityError(HerdError):
+    """An identity field from IMDS has the wrong form (exit 65); ``field`` names it."""
+
+    exit_code = ExitCode.DATA
+
+    def __init__(self, field: str, value: str, expected: str) -> None:
+        shown = value if len(value) <= 80 else value[:80] + "..."
+        super().__init__(f"IMDS gave a malformed {field}: {shown!r} is not {expected}; refusing to use it. "
+                         "Check what answers at imds.endpoint (or AWS_EC2_METADATA_SERVICE_ENDPOINT)")
+        self.field = field
+
+
+def valid_instance_id(value: str, field: str = "instanceId") -> str:
+    """``value`` when it is an EC2 instance id (``i-`` + 8 or 17 hex digits).
+
+    Raises:
+        IdentityError: any other form.
+    """
+    return _matching(_INSTANCE_ID_RE, value, field, "an EC2 instance id (i- and 8 or 17 lowercase hex digits)")
+
+
+def _matching(pattern: re.Pattern[str], value: str, field: str, expected: str) -> str:
+    if not pattern.fullmatch(value):
+        raise IdentityError(field, value, expected)
+    return value
+
+
+def valid_ip(value: str, field: str = "privateIp") -> str:
+    """``value`` when it is one IPv4 or IPv6 address.
+
+    Raises:
+        IdentityError: anything else (a list, a hostname, trailing text, whitespace).
+    """
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise IdentityError(field, value, "one IPv4 or IPv6 address") from None
+    if "%" in value:
+        raise IdentityError(field, value, "an IP address without a scope (zone) suffix")
+    return value
+
+
+def valid_hostname(value: str, field: str = "local-hostname") -> str:
+    """``value`` when it is empty or a DNS name per RFC 1123 (a trailing dot is allowed).
+
+    Raises:
+        IdentityError: whitespace, line breaks, empty or over-long labels, other characters.
+    """
+    name = value[:-1] if value.endswith(".") else value
+    if value and (len(name) > 253 or not all(_LABEL_RE.fullmatch(label) for label in name.split("."))):
+        raise IdentityError(field, value, "a DNS name (RFC 1123: letters, digits and '-' in dot-separated "
+                                          "labels of 1-63 characters, no whitespace)")
+    return value
+
+
+def valid_region(value: str, field: str = "region") -> str:
+    """``value`` when it is shaped like an AWS region name (``eu-west-1``).
+
+    Raises:
+        IdentityError: any other form.
+    """
+    return _matching(_REGION_RE, value, field, "an AWS region name such as us-east-1")
+
+
+def valid_availability_zone(value: str, region: str, field: str = "availabilityZone") -> str:
+    """``value`` when it is ``region`` followed by a zone suffix (``us-east-1a``, ``us-west-2-lax-1a``).
+
+    Raises:
+        IdentityError: any other form.
+    """
+    if not (value.startswith(region) and _AZ_SUFFIX_RE.fullmatch(value[len(region):])):
+        raise IdentityError(field, value, f"an availability zone of {region} such as {region}a")
+    return value
 
 
 @dataclass(frozen=True)
@@ -106,18 +199,18 @@ def read_identity(imds: ImdsClient, cfg: Config) -> Identity:
     """Read identity and tags; apply config overrides.
 
     Raises:
-        ImdsError: IMDS unreachable or the identity document is broken.
+        ImdsError: IMDS unreachable; ImdsBadAnswer: the identity document is broken (exit 65).
+        IdentityError: instanceId, privateIp, local-hostname, region or availabilityZone has the
+            wrong form (exit 65), checked before any other call.
         TagError: cluster or role tag missing or malformed (exit 65).
         AwsError: DescribeTags refused (when metadata tags are disabled).
     """
     doc = imds.identity_document()
-    try:
-        instance_id = doc["instanceId"]
-        region = doc["region"]
-        az = doc["availabilityZone"]
-        private_ip = doc["privateIp"]
-    except KeyError as exc:
-        raise HerdError(f"IMDS identity document lacks {exc.args[0]}", exit_code=ExitCode.DATA) from None
+    instance_id = valid_instance_id(doc.instance_id)
+    private_ip = valid_ip(doc.private_ip)
+    region = valid_region(doc.region)
+    az = valid_availability_zone(doc.availability_zone, region)
+    local_hostname = valid_hostname(imds.local_hostname() or "")
     tags = imds.tags()
     source = "imds"
     if tags is None:
@@ -143,11 +236,11 @@ def read_identity(imds: ImdsClient, cfg: Config) -> Identity:
         region=region,
         availability_zone=az,
         private_ip=private_ip,
-        instance_type=str(doc.get("instanceType", "")),
+        instance_type=doc.instance_type,
         asg_name=tags.get(ASG_TAG),
         cluster=cluster,
         role=role,
         tags=tags,
         tags_source=source,
-        local_hostname=imds.get("/latest/meta-data/local-hostname", optional=True) or "",
+        local_hostname=local_hostname,
     )

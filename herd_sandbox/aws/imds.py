@@ -10,6 +10,12 @@ Mirrors the EC2 User Guide ("Use the Instance Metadata Service to access instanc
   enabled for the instance; ``spot/instance-action`` and ``events/recommendations/rebalance`` are
   404 until an interruption / rebalance recommendation is injected;
   ``events/maintenance/scheduled`` is a JSON list (``[]`` when nothing is scheduled).
+
+Fault primitives (public, for tests and the benchmarks): :meth:`ImdsServer.inject_fault` (delay,
+status, drop, or a raw ``body`` served as a 200 — oversized, non-JSON, wrong types, a token with
+CR/LF), :meth:`ImdsServer.revoke_tokens` (every issued token answers 401 from now on, as after
+expiry or an IMDS restart), :meth:`ImdsServer.override_identity` (what the instance is told about
+itself — instance id, private IP, hostname, region, AZ — replaced before the agent boots).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -69,6 +75,9 @@ class Fault:
         status: answer with this HTTP status (e.g. 500) instead of the real response.
         drop: close the connection without any response.
         remaining: apply to this many requests, then expire; None = until cleared.
+        body: answer ``status`` (default 200) with exactly these bytes instead of the real
+            response — a garbage answer (oversized, not JSON, wrong JSON types; on the token path
+            a token with CR/LF). Token checks are skipped for it.
     """
 
     path: str | None = None
@@ -76,6 +85,7 @@ class Fault:
     status: int | None = None
     drop: bool = False
     remaining: int | None = None
+    body: bytes | None = None
 
 
 def _iso(moment: datetime) -> str:
@@ -121,6 +131,7 @@ class ImdsServer:
         self._tokens: dict[str, float] = {}
         self._faults: list[Fault] = []
         self._events = _Events()
+        self._identity_overrides: dict[str, str] = {}
         self._server = LoopbackServer(self, host=host, port=port, name=f"imds-{instance_id}")
 
     @property
@@ -147,6 +158,34 @@ class ImdsServer:
         """Remove every fault."""
         with self._mu:
             self._faults.clear()
+
+    def revoke_tokens(self) -> int:
+        """Expire every token issued so far, now: the next GET with one answers 401, as after the
+        token's TTL ran out or IMDS restarted. Returns how many were revoked."""
+        with self._mu:
+            count = len(self._tokens)
+            self._tokens.clear()
+        return count
+
+    IDENTITY_FIELDS = ("instance_id", "private_ip", "local_hostname", "region", "availability_zone")
+
+    def override_identity(self, **fields: str) -> None:
+        """Replace what IMDS tells the instance about itself (the identity document's
+        ``instanceId``/``privateIp``/``region``/``availabilityZone`` and the matching
+        ``meta-data/`` paths, ``local-hostname`` and ``hostname``), e.g. to feed the agent a
+        malformed identity before it boots. Keys: :attr:`IDENTITY_FIELDS`; values are served
+        verbatim. Raises ValueError on an unknown key."""
+        unknown = set(fields) - set(self.IDENTITY_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown identity fields {sorted(unknown)}; known: {self.IDENTITY_FIELDS}")
+        with self._mu:
+            self._identity_overrides.update(fields)
+
+    def _identity(self) -> Identity:
+        ident = self._source.identity(self.instance_id)
+        with self._mu:
+            overrides = dict(self._identity_overrides)
+        return replace(ident, **overrides) if overrides else ident
 
     def set_spot_interruption(self, action: str = "terminate", notice: float = 120.0) -> dict[str, str]:
         """Publish ``spot/instance-action``: ``{"action": action, "time": now + notice}``.
@@ -211,6 +250,8 @@ class ImdsServer:
                     except OSError:
                         pass
                 raise ConnectionAbortedError("injected IMDS connection drop")
+            if fault.body is not None:
+                return self._reply(start_response, fault.status or 200, fault.body)
             if fault.status is not None:
                 return self._reply(start_response, fault.status, b"")
         status, body, headers = self._handle(environ, path)
@@ -291,7 +332,7 @@ class ImdsServer:
         if rel == "user-data":
             return self._source.user_data(self.instance_id)
         if rel == "dynamic/instance-identity/document":
-            ident = self._source.identity(self.instance_id)
+            ident = self._identity()
             doc = {
                 "accountId": ident.account_id,
                 "architecture": ident.architecture,
@@ -316,7 +357,7 @@ class ImdsServer:
         return None
 
     def _meta(self, key: str) -> str | None:
-        ident = self._source.identity(self.instance_id)
+        ident = self._identity()
         simple = {
             "instance-id": ident.instance_id,
             "local-ipv4": ident.private_ip,
