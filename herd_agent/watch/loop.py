@@ -200,25 +200,30 @@ class Watcher:
         return seen
 
     def dispatch(self, event: TerminationEvent) -> None:
-        """React to ``event`` once per key."""
+        """React to ``event`` once per key; a leave that could not start is tried again on the
+        next poll that still sees the event."""
         if event.key in self.handled:
             return
         self.handled.add(event.key)
         log.warning("%s; reaction: %s", event.detail, event.reaction)
         if event.reaction == LEAVE:
-            self._leave(event.reason, event.deadline, event.complete_hook)
+            if not self._leave(event.reason, event.deadline, event.complete_hook):
+                self.handled.discard(event.key)
         elif event.reaction == CORDON:
             self._guard("cordon", lambda: self.reactions.cordon(event.reason))
 
-    def _leave(self, reason: str, deadline: float | None, complete_hook: bool, *, stopping: bool = False) -> None:
+    def _leave(self, reason: str, deadline: float | None, complete_hook: bool, *, stopping: bool = False) -> bool:
+        """Run the leave; False when it raised (it could not start)."""
         self.leaving = True
         self.worker.pause()
         try:
             self.reactions.leave(reason, deadline, complete_hook, stopping)
             if complete_hook:
                 self.left = True
+            return True
         except Exception as exc:
-            log.error("leave (%s) failed: %s", reason, exc)
+            self.limited.log(logging.ERROR, f"leave:{reason}", "leave (%s) failed: %s", reason, exc)
+            return False
         finally:
             self.leaving = False
             if not self.left:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
+from herd_agent.discovery import imds as paths
 from herd_agent.discovery.imds import ImdsBadAnswer, ImdsClient
 from herd_agent.logs import RateLimitedLogger
 from herd_agent.watch.events import LEAVE, SPOT_NOTICE_S, TerminationEvent
@@ -54,6 +55,14 @@ class Monitor(Protocol):
         ...
 
 
+def _malformed(exc: ImdsBadAnswer, path: str) -> ImdsBadAnswer:
+    """``exc`` when it is about ``path`` itself; any other bad answer (the session token) means
+    the signal was not read at all, which fails the poll instead."""
+    if exc.path != path:
+        raise exc
+    return exc
+
+
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -76,6 +85,7 @@ class TargetLifecycleMonitor:
         try:
             state = self.imds.target_lifecycle_state()
         except ImdsBadAnswer as exc:
+            _malformed(exc, paths.TARGET_LIFECYCLE_STATE)
             self.limited.log(logging.WARNING, self.name, "%s; ignored (docs/leave.md, malformed signals)", exc)
             return None
         if state != "Terminated":
@@ -107,6 +117,7 @@ class SpotMonitor:
         try:
             notice = self.imds.spot_instance_action()
         except ImdsBadAnswer as exc:
+            _malformed(exc, paths.SPOT_INSTANCE_ACTION)
             # The path answers only once EC2 interrupts: something is coming. Assume the worst.
             if self._first_malformed is None:
                 self._first_malformed = self.clock()
@@ -132,6 +143,7 @@ class RebalanceMonitor:
         try:
             rec = self.imds.rebalance_recommendation()
         except ImdsBadAnswer as exc:
+            _malformed(exc, paths.REBALANCE)
             return TerminationEvent("rebalance", "rebalance", self.reaction, None, False,
                                     f"{exc}; counted as a rebalance recommendation", malformed=True)
         if rec is None:
@@ -156,6 +168,7 @@ class ScheduledEventsMonitor:
         try:
             events = self.imds.scheduled_events()
         except ImdsBadAnswer as exc:
+            _malformed(exc, paths.SCHEDULED_EVENTS)
             self.limited.log(logging.WARNING, self.name, "%s; ignored (docs/leave.md, malformed signals)", exc)
             return None
         for event in events:

@@ -121,3 +121,75 @@ def test_server_errors_are_retried_then_reported(aws_region: Region, unique: str
     with pytest.raises(ImdsError, match="after 3 tries"):
         imds.get("/latest/meta-data/instance-id")
     assert imds.get("/latest/meta-data/no-such-path", optional=True) is None
+
+
+# --- bad identity from IMDS (issue 12): validated before use ----------------------------------
+@pytest.mark.parametrize(("field", "value", "shown"), [
+    ("instanceId", "i-12345678; reboot", "a malformed instanceId"),
+    ("privateIp", "127.0.77.50 evil.example.com", "a malformed privateIp"),
+    ("local-hostname", "ip-10-0-0-1\nevil.example.com", "a malformed local-hostname"),
+    ("region", "us-east-1\nus-west-2", "a malformed region"),
+    ("availabilityZone", "eu-west-1a", "a malformed availabilityZone"),
+])
+def test_malformed_identity_fields_are_refused(aws_region: Region, tmp_path: Path, unique: str,
+                                               field: str, value: str, shown: str | None) -> None:
+    from herd_agent.discovery.identity import IdentityError
+
+    iid = launch(aws_region, {"herd:cluster": "blue", "herd:role": "node"}, unique)
+    name = {"instanceId": "instance_id", "privateIp": "private_ip", "local-hostname": "local_hostname",
+            "region": "region", "availabilityZone": "availability_zone"}[field]
+    aws_region.instance(iid).imds.override_identity(**{name: value})
+    with pytest.raises(IdentityError) as exc:
+        read_identity(ImdsClient(aws_region.instance(iid).imds_url), cfg_for(tmp_path))
+    assert exc.value.field == field and exc.value.exit_code == ExitCode.DATA
+    assert f"a malformed {field}" in str(exc.value) and (shown is None or shown in str(exc.value))
+
+
+@pytest.mark.parametrize("value", ["127.0.77.50", "10.1.2.3", "fd00::7", "2001:db8::1"])
+def test_any_single_ip_address_is_accepted(value: str) -> None:
+    from herd_agent.discovery.identity import valid_ip
+
+    assert valid_ip(value) == value
+
+
+@pytest.mark.parametrize("value", ["ip-10-0-0-1.ec2.internal", "ip-10-0-0-1", "host.example.com.", ""])
+def test_rfc1123_hostnames_are_accepted(value: str) -> None:
+    from herd_agent.discovery.identity import valid_hostname
+
+    assert valid_hostname(value) == value
+
+
+@pytest.mark.parametrize("value", ["a b", "a\tb", "-a.example.com", "a..b", "a_b.example.com", "x" * 64])
+def test_non_rfc1123_hostnames_are_refused(value: str) -> None:
+    from herd_agent.discovery.identity import IdentityError, valid_hostname
+
+    with pytest.raises(IdentityError, match="local-hostname"):
+        valid_hostname(value)
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else b"<dir>")
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.allow_subprocess
+@pytest.mark.parametrize(("overrides", "field"), [
+    ({"local_hostname": "ip-10-0-0-1\nevil", "private_ip": "127.0.77.50 evil.example.com"}, "privateIp"),
+    ({"local_hostname": "ip-10-0-0-1\nevil"}, "local-hostname"),
+])
+def test_join_with_a_bad_identity_exits_65_and_writes_nothing(aws_region: Region, tmp_path: Path, unique: str,
+                                                              overrides: dict[str, str], field: str) -> None:
+    """issue 12: the node name and node-ip were written into the k3s config and /etc/hosts, the
+    unit started and the token written; now ``herd-agent join`` stops at the identity."""
+    from herd_sandbox.instance import SandboxInstance
+
+    iid = launch(aws_region, {"herd:cluster": "blue", "herd:role": "node"}, unique)
+    aws_region.instance(iid).imds.override_identity(**overrides)  # before the agent boots
+    inst = SandboxInstance(iid, tmp_path / iid, aws_region.env(iid)).prepare()
+    inst.write_config("discovery:\n  attempts: 1\n")
+    before = snapshot(inst.root_dir)
+    r = inst.agent("join", timeout=120)
+    assert r.returncode == 65, r.stderr[-2000:]
+    assert f"malformed {field}" in r.stderr
+    assert snapshot(inst.root_dir) == before  # no /etc/hosts change, no k3s config, no token, no unit
+    assert not [c for c in aws_region.calls(caller=iid) if c.action != "DescribeTags"]

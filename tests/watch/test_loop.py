@@ -172,11 +172,15 @@ def test_sigterm_leaves_only_when_the_machine_shuts_down(tmp_path: Path, fake: F
     assert call[:2] == ("leave", "shutdown") and call[3:] == (True, True)
 
 
-def test_a_failed_leave_is_logged_and_watching_goes_on(tmp_path: Path, fake: FakeImds) -> None:
-    w, rec, _ = make(tmp_path, fake, reactions=Recorder(fail_leave=True))
+def test_a_leave_that_could_not_start_is_tried_again_next_poll(tmp_path: Path, fake: FakeImds) -> None:
+    rec = Recorder(fail_leave=True)
+    w, _, _ = make(tmp_path, fake, reactions=rec)
     fake.answer(paths.SPOT_INSTANCE_ACTION, {"action": "terminate", "time": "2026-12-02T06:00:00Z"})
     w.poll_once()
     assert not w.left and not w.leaving
+    rec._fail_leave = False
+    w.poll_once()
+    assert [c[:2] for c in rec.calls] == [("leave", "spot-terminate")] * 2 and w.left
 
 
 def test_a_blocked_periodic_operation_never_delays_detection(tmp_path: Path, fake: FakeImds) -> None:
@@ -210,3 +214,32 @@ def test_watchdog_stays_fed_during_a_leave_only(tmp_path: Path, fake: FakeImds) 
     assert not w.healthy()  # polls stopped succeeding: systemd's watchdog may restart us
     w.leaving = True
     assert w.healthy()
+
+
+def test_a_bad_token_fails_the_poll_and_is_not_taken_for_a_malformed_signal(tmp_path: Path, fake: FakeImds) -> None:
+    w, rec, _ = make(tmp_path, fake)
+    w.poll_once()
+    fake.revoke()
+    fake.token_body = b"abc\r\nX-Injected: 1"
+    for _ in range(11):
+        assert w.poll_once() == []
+    assert rec.calls == [] and not w.left
+    fake.token_body = None
+    fake.answer(paths.SPOT_INSTANCE_ACTION, {"action": "terminate", "time": "2026-12-02T06:00:00Z"})
+    (event,) = w.poll_once()
+    assert event.reason == "spot-terminate" and not event.malformed
+
+
+@pytest.mark.allow_subprocess
+def test_the_watcher_package_imports_lean() -> None:
+    """The resident watcher imports no boto3, Kubernetes client, etcd client or sandbox at start."""
+    import subprocess
+    import sys
+
+    code = ("import sys, herd_agent.watch, herd_agent.watch.operations, herd_agent.watch.reactions\n"
+            "bad = [m for m in ('boto3', 'botocore', 'lightkube', 'kubernetes', 'tenacity', 'herd_sandbox', "
+            "'herd_agent.etcd.client', 'herd_agent.leave.sequence', 'herd_agent.join.sequence') if m in sys.modules]\n"
+            "print(','.join(bad))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == ""

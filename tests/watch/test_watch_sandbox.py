@@ -1,0 +1,84 @@
+"""The real ``herd-agent watch`` process in the sandbox: detection is never blocked by the hosts
+refresh, and garbage IMDS answers never crash it (each gets the rule in docs/leave.md)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from herd_agent.discovery import imds as paths
+from herd_sandbox.aws.imds import Fault
+from herd_sandbox.aws.region import Region
+from herd_sandbox.kube.sandbox import KubeSandbox
+from tests.clusters import SandboxCluster
+
+pytestmark = pytest.mark.allow_subprocess
+
+
+@pytest.fixture
+def cluster(region: Region, kube_sandbox: KubeSandbox, tmp_path: Path, toolchain):
+    c = SandboxCluster(region, kube_sandbox, tmp_path, toolchain,
+                       "hosts:\n  refresh_interval_s: 5\nleave:\n  heartbeat_interval_s: 0.3\n  reserve_s: 5\n")
+    yield c
+    c.close()
+
+
+def wait_log(c: SandboxCluster, iid: str, proc, text: str, timeout: float = 60) -> float:
+    """Wait until the watcher's log holds ``text``; returns when (monotonic)."""
+    deadline = time.monotonic() + timeout
+    while text not in c.log(iid):
+        assert proc.poll() is None, f"the watcher exited {proc.returncode}:\n{c.log(iid)[-3000:]}"
+        assert time.monotonic() < deadline, f"no {text!r} in:\n{c.log(iid)[-3000:]}"
+        time.sleep(0.05)  # polling a log file another process writes
+    return time.monotonic()
+
+
+def test_spot_notice_is_noticed_while_the_hosts_refresh_is_stuck_in_discovery(cluster: SandboxCluster) -> None:
+    """issue 12: the recorded control plane stops answering; the hosts refresh enters the
+    discovery retry loop (40 rounds here, about a minute); a spot notice injected then is still
+    noticed within a few polls, long before that loop ends."""
+    c = cluster
+    (cp,) = c.group("control-plane", 1)
+    c.join(cp)
+    (w,) = c.group("node", 1, terminate_hook=True)
+    c.join(w)
+    proc = c.watch(w)
+    wait_log(c, w, proc, "watching for termination")
+    c.instances[cp].systemctl("stop", "k3s.service")  # its /ping (and API port) stop answering
+    wait_log(c, w, proc, "stopped answering; choosing another")
+    injected = time.monotonic()
+    c.region.inject_spot_interruption(w)
+    noticed = wait_log(c, w, proc, "spot interruption notice: terminate")
+    text = c.log(w)
+    refresh_failed = "periodic operation hosts-refresh failed"
+    assert refresh_failed not in text[:text.index("spot interruption notice")], text[-3000:]
+    # Not a timed test: the bound only says "well before the refresh's retry loop would finish".
+    assert noticed - injected < 30, f"noticed after {noticed - injected:.1f}s"
+
+
+def test_garbage_imds_answers_never_crash_the_watcher(cluster: SandboxCluster) -> None:
+    """issue 13: oversized bodies, wrong JSON types, CR/LF in the token, non-JSON — each gets the
+    documented handling and the watcher keeps watching; a malformed spot notice then counts as an
+    interruption."""
+    c = cluster
+    (w,) = c.group("node", 1)
+    c.instances[w].write_config("watch:\n  on_maintenance: leave\n  on_rebalance: ignore\n", name="watch.yaml")
+    proc = c.watch(w)
+    wait_log(c, w, proc, "watching for termination")
+    imds = c.region.instance(w).imds
+    imds.inject_fault(Fault(path=paths.TARGET_LIFECYCLE_STATE, body=b"Terminated\nInService"))
+    imds.inject_fault(Fault(path=paths.SCHEDULED_EVENTS, body=b'{"EventId": "instance-event-1", "Code": "x"}'))
+    imds.inject_fault(Fault(path=paths.REBALANCE, body=b"\x00" * (1 << 20)))
+    wait_log(c, w, proc, f"{paths.TARGET_LIFECYCLE_STATE} is malformed: not a lifecycle state word; ignored")
+    wait_log(c, w, proc, f"{paths.SCHEDULED_EVENTS} is malformed: a JSON dict, not a list; ignored")
+    wait_log(c, w, proc, f"{paths.REBALANCE} is malformed: larger than 65536 bytes")
+    # A token with CR/LF: polls fail (logged), the watcher stays; once IMDS heals it recovers.
+    imds.revoke_tokens()
+    imds.inject_fault(Fault(path=paths.TOKEN_PATH, body=b"abc\r\nX-Injected: 1", remaining=3))
+    wait_log(c, w, proc, "IMDS poll failed: IMDS answer for /latest/api/token is malformed")
+    imds.inject_fault(Fault(path=paths.SPOT_INSTANCE_ACTION, body=b'{"action": "terminate", "time": 1796191200}'))
+    wait_log(c, w, proc, "time is a int, not an RFC 3339 time string; counted as a spot interruption")
+    assert proc.poll() is None
+    assert "Traceback" not in c.log(w)
