@@ -145,8 +145,6 @@ class Watcher:
         """Poll until terminated or left; returns the exit code."""
         resumed = self._guard("resume", self.reactions.resume)
         self.left = bool(resumed)
-        if not self.left:
-            self.worker.start()
         while not self.left:
             self.poll_once()
             if self.left:
@@ -196,6 +194,7 @@ class Watcher:
             self.ready = True
             self.notifier.ready(f"watching {self.instance_id} every {self.interval:g}s")
             self.notifier.start_watchdog(self.healthy)
+            self.worker.start()  # the periodic operations need the instance id the poll read
             log.info("watching for termination every %gs", self.interval)
         return seen
 

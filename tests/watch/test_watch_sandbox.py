@@ -82,3 +82,23 @@ def test_garbage_imds_answers_never_crash_the_watcher(cluster: SandboxCluster) -
     wait_log(c, w, proc, "time is a int, not an RFC 3339 time string; counted as a spot interruption")
     assert proc.poll() is None
     assert "Traceback" not in c.log(w)
+
+
+def test_maintenance_event_with_cordon_reaction_cordons_only(cluster: SandboxCluster) -> None:
+    """The ``cordon`` reaction marks the Node unschedulable (as ``kubectl cordon``), nothing more:
+    no leave, no load-balancer exclusion, and the watcher keeps watching."""
+    c = cluster
+    (cp,) = c.group("control-plane", 1)
+    c.join(cp)
+    (w,) = c.group("node", 1)
+    c.join(w)
+    c.instances[w].write_config("watch:\n  on_maintenance: cordon\n", name="watch.yaml")
+    proc = c.watch(w)
+    wait_log(c, w, proc, "watching for termination")
+    c.region.inject_maintenance_event(w, code="system-reboot")
+    wait_log(c, w, proc, f"cordoned {w} for maintenance")
+    node = c.kube.find("Node", w)
+    assert node is not None and node["spec"].get("unschedulable") is True
+    assert "node.kubernetes.io/exclude-from-external-load-balancers" not in node["metadata"].get("labels", {})
+    assert not c.instances[w].root.exists("/var/lib/herd-agent/leave.json")
+    assert proc.poll() is None
