@@ -27,14 +27,13 @@ import re
 from dataclasses import dataclass, field
 
 from herd_agent.config.loader import Config
-from herd_agent.discovery.imds import ImdsClient
+from herd_agent.discovery.imds import INSTANCE_ID_RE, ImdsClient
 from herd_agent.errors import ExitCode, HerdError
 
 log = logging.getLogger(__name__)
 
 ASG_TAG = "aws:autoscaling:groupName"
 _CLUSTER_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
-_INSTANCE_ID_RE = re.compile(r"i-([0-9a-f]{8}|[0-9a-f]{17})")
 _REGION_RE = re.compile(r"[a-z]{2}(-[a-z0-9]+)+-[0-9]+")
 _AZ_SUFFIX_RE = re.compile(r"[a-z]|(-[a-z0-9]+)+-?[0-9]*[a-z]")
 _LABEL_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
@@ -64,7 +63,7 @@ def valid_instance_id(value: str, field: str = "instanceId") -> str:
     Raises:
         IdentityError: any other form.
     """
-    return _matching(_INSTANCE_ID_RE, value, field, "an EC2 instance id (i- and 8 or 17 lowercase hex digits)")
+    return _matching(INSTANCE_ID_RE, value, field, "an EC2 instance id (i- and 8 or 17 lowercase hex digits)")
 
 
 def _matching(pattern: re.Pattern[str], value: str, field: str, expected: str) -> str:

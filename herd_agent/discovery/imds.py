@@ -35,9 +35,8 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 from herd_agent.errors import ExitCode, HerdError
@@ -53,6 +52,7 @@ MAX_BODY = 64 * 1024  # bytes: every metadata answer but user data
 MAX_USER_DATA = 1024 * 1024  # bytes
 MAX_TOKEN = 1024  # characters (AWS tokens are about 56)
 _TOKEN_RE = re.compile(r"[\x21-\x7e]{1,1024}")  # MAX_TOKEN visible ASCII characters
+INSTANCE_ID_RE = re.compile(r"i-([0-9a-f]{8}|[0-9a-f]{17})")  # EC2 instance ids
 _STATE_RE = re.compile(r"[A-Za-z]{1,32}(:[A-Za-z]{1,32}){0,2}")
 SPOT_ACTIONS = ("terminate", "stop", "hibernate")
 MISSING: Any = object()  # an optional path answered 404
@@ -143,6 +143,21 @@ class HttpTransport:
             self._conn.close()
             self._conn = None
 
+    def _read_bounded(self, resp: http.client.HTTPResponse, limit: int) -> bytes:
+        """The body, at most ``limit`` bytes: exactly Content-Length when given (no big read
+        buffer for a small answer: the resident watcher reads three paths a second), else in
+        8 KiB chunks until the end or the bound."""
+        if resp.length is not None:
+            return resp.read(resp.length)
+        chunks, size = [], 0
+        while chunk := resp.read(8192):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                self._close()
+                raise BodyTooLarge(size)
+        return b"".join(chunks)
+
     def __call__(self, method: str, path: str, headers: dict[str, str], limit: int) -> tuple[int, bytes]:
         """See :class:`Transport`."""
         with self._lock:
@@ -154,10 +169,7 @@ class HttpTransport:
                 if resp.length is not None and resp.length > limit:
                     self._close()  # never read an oversized body: drop the connection instead
                     raise BodyTooLarge(resp.length)
-                body = resp.read(limit + 1)
-                if len(body) > limit:
-                    self._close()
-                    raise BodyTooLarge(len(body))
+                body = self._read_bounded(resp, limit)
                 if resp.will_close or not resp.isclosed():
                     self._close()  # a body we did not drain leaves the connection unusable
                 return resp.status, body
@@ -167,8 +179,7 @@ class HttpTransport:
 
 
 # --- typed answers -----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class IdentityDocument:
+class IdentityDocument(NamedTuple):
     """The fields of ``dynamic/instance-identity/document`` the agent uses (all type-checked
     strings; their form is checked by :func:`herd_agent.discovery.identity.read_identity`)."""
 
@@ -179,8 +190,7 @@ class IdentityDocument:
     instance_type: str
 
 
-@dataclass(frozen=True)
-class SpotAction:
+class SpotAction(NamedTuple):
     """``spot/instance-action``: ``action`` is terminate, stop or hibernate; ``time`` the epoch
     seconds when EC2 acts (AWS: two minutes after the notice)."""
 
@@ -188,15 +198,13 @@ class SpotAction:
     time: float
 
 
-@dataclass(frozen=True)
-class RebalanceRecommendation:
+class RebalanceRecommendation(NamedTuple):
     """``events/recommendations/rebalance``: ``notice_time`` in epoch seconds."""
 
     notice_time: float
 
 
-@dataclass(frozen=True)
-class ScheduledEvent:
+class ScheduledEvent(NamedTuple):
     """One entry of ``events/maintenance/scheduled``.
 
     Attributes:
@@ -438,8 +446,15 @@ class ImdsClient:
         )
 
     def instance_id(self) -> str:
-        """``meta-data/instance-id`` (stripped; form checked by the identity module)."""
-        return self._line(INSTANCE_ID) or ""
+        """``meta-data/instance-id``.
+
+        Raises:
+            ImdsBadAnswer: not ``i-`` and 8 or 17 lowercase hex digits.
+        """
+        value = self._line(INSTANCE_ID) or ""
+        if not INSTANCE_ID_RE.fullmatch(value):
+            raise ImdsBadAnswer(INSTANCE_ID, "not an EC2 instance id (i- and 8 or 17 lowercase hex digits)")
+        return value
 
     def local_ipv4(self) -> str:
         """``meta-data/local-ipv4`` (stripped)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 LEAVE, CORDON, IGNORE = "leave", "cordon", "ignore"
 REACTIONS = (LEAVE, CORDON, IGNORE)
@@ -12,8 +12,7 @@ REACTIONS = (LEAVE, CORDON, IGNORE)
 SPOT_NOTICE_S = 120.0
 
 
-@dataclass(frozen=True)
-class TerminationEvent:
+class TerminationEvent(NamedTuple):
     """One thing a monitor saw that the watcher may react to.
 
     Attributes:

@@ -27,7 +27,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from herd_agent.config.loader import Config
-from herd_agent.discovery.identity import IdentityError, valid_instance_id
 from herd_agent.discovery.imds import ImdsClient, ImdsError
 from herd_agent.host.fsroot import HostRoot
 from herd_agent.host.notify import Notifier
@@ -167,7 +166,7 @@ class Watcher:
         seen: list[TerminationEvent] = []
         try:
             if self.instance_id is None:
-                self.instance_id = valid_instance_id(self.imds.instance_id(), "instance-id")
+                self.instance_id = self.imds.instance_id()
             for monitor in self.monitors:
                 if self.polls % monitor.every:
                     continue
@@ -183,7 +182,7 @@ class Watcher:
                     self.dispatch(event)
                     if self.left:
                         return seen
-        except (ImdsError, IdentityError) as exc:
+        except ImdsError as exc:
             self.limited.log(logging.WARNING, "imds", "IMDS poll failed: %s", exc)
             return seen
         finally:

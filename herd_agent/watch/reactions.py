@@ -113,12 +113,12 @@ class LeaveReactions:
         """This instance's Auto Scaling ``LifecycleState`` (``Terminating:Wait``, ``InService``, …),
         "" when Auto Scaling does not know it, None when the call failed (logged rate-limited)."""
         from herd_agent import aws
-        from herd_agent.discovery.identity import valid_instance_id, valid_region
+        from herd_agent.discovery.identity import valid_region
 
         try:
             region = valid_region(self.imds.region())
             resp = aws.call(aws.client("autoscaling", region), "DescribeAutoScalingInstances",
-                            InstanceIds=[valid_instance_id(self.imds.instance_id(), "instance-id")])
+                            InstanceIds=[self.imds.instance_id()])
         except Exception as exc:
             self.limited.log(logging.WARNING, "confirm", "could not confirm the termination: %s", exc)
             return None
