@@ -51,6 +51,10 @@ FIGURES = [
            "DescribeAutoScalingInstances confirmation and the first imports of boto3 and lightkube."),
     Figure("detect_latency_ms_p95", "watcher", ("detect_latency_ms_p95",), "ms", "—",
            "As detect_latency_ms_p50, 95th percentile over the workers."),
+    Figure("detect_latency_cp_down_ms", "watcher", ("detect_latency_cp_down_ms",), "ms", "≤ 2000",
+           "A spot notice published while the watcher's hosts refresh is inside the discovery retry loop "
+           "(the control plane's k3s stopped), to the watcher logging it; 1 s poll. Issue 12: the refresh "
+           "used to run on the poll thread, so this was the whole retry loop.", goal_value=2000),
     Figure("leave_overhead_s", "watcher", ("leave_overhead_s",), "s", "≤ 2",
            "Leave sequence duration (journal finished_at - started_at) of a worker with 20 pods whose "
            "terminationGracePeriodSeconds is 0 (so minus the grace periods is the whole duration): cordon, "

@@ -13,7 +13,12 @@ Kubernetes API at time factor 0.01, the k3s stand-in, real etcd), one control pl
   the workers;
 - ``leave_overhead_s``: the leave sequence's duration (journal ``finished_at - started_at``) for a
   worker with 20 pods whose ``terminationGracePeriodSeconds`` is 0, so the sequence time minus
-  the pods' grace periods is the whole duration; PDB waves wait for replacements elsewhere.
+  the pods' grace periods is the whole duration; PDB waves wait for replacements elsewhere;
+- ``detect_latency_cp_down_ms``: at the end, the control plane's k3s stops (its API port stops
+  answering); once the last worker's watcher has noticed (its hosts refresh, every 30 s by
+  default, is then inside the discovery retry loop), a spot notice is published on that worker's
+  IMDS; the figure is the time until the watcher logs it. The refresh runs on its own thread, so
+  this stays about one poll interval (issue 12: it was the whole retry loop).
 
 Prints one JSON document. Usage: ``.venv/bin/python bench/watcher.py [--runs 5] [--idle-s 30]``.
 """
@@ -58,6 +63,15 @@ def workload(kube: Any, node: str, n: int) -> None:
                "spec": {"minAvailable": 10, "selector": {"matchLabels": {"app": f"web{n}"}}}})
     kube.wait_for(lambda: len([p for p in kube.list("Pod") if p["spec"].get("nodeName") == node
                                and p["status"].get("phase") == "Running"]) == 20, timeout=60)
+
+
+def wait_log(path: Path, text: str, timeout: float) -> None:
+    """Wait until another process's log file holds ``text``."""
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text(errors="replace"):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no {text!r} in {path} after {timeout:g}s")
+        time.sleep(0.05)  # polling another process's log
 
 
 def main() -> int:
@@ -111,11 +125,7 @@ def main() -> int:
             watchers = {w.instance_id: w.spawn_agent("watch", log_name="watch.log") for w in workers}
             procs.extend(watchers.values())
             first = workers[0]
-            deadline = time.monotonic() + 60
-            while "watching for termination" not in (first.workdir / "watch.log").read_text():
-                if time.monotonic() > deadline:
-                    raise SystemExit("watcher never became ready")
-                time.sleep(0.1)  # polling another process's log
+            wait_log(first.workdir / "watch.log", "watching for termination", 60)
             proc = psutil.Process(watchers[first.instance_id].pid)
             time.sleep(5)  # settle after start-up before the idle window
             cpu0, t0 = sum(proc.cpu_times()[:2]), time.monotonic()
@@ -144,6 +154,15 @@ def main() -> int:
                 overhead.append(leave["finished_at"] - leave["started_at"])
                 for deployment in (f"web{n}", f"batch{n}"):
                     kube.delete("Deployment", deployment, namespace="default")
+
+            # Detection while the hosts refresh is stuck in discovery (the control plane is down).
+            cp.systemctl("stop", "k3s.service")
+            spare_log = spare.workdir / "watch.log"
+            wait_log(spare_log, "stopped answering", 90)
+            started = time.monotonic()
+            region.inject_spot_interruption(spare.instance_id)
+            wait_log(spare_log, "spot interruption notice", 60)
+            cp_down_ms = (time.monotonic() - started) * 1000
         finally:
             for p in procs:
                 if p.poll() is None:
@@ -157,6 +176,7 @@ def main() -> int:
         "detect_latency_ms": spread(detect_ms),
         "detect_latency_ms_p50": percentile(detect_ms, 0.5), "detect_latency_ms_p95": percentile(detect_ms, 0.95),
         "leave_overhead_s": spread(overhead),
+        "detect_latency_cp_down_ms": cp_down_ms,
     }, indent=2))
     return 0
 
