@@ -158,12 +158,15 @@ class Watcher:
         return 0
 
     def poll_once(self) -> list[TerminationEvent]:
-        """Ask each due monitor once and dispatch what they return; returns the events seen.
+        """Ask each due monitor once, then dispatch what they returned; returns those events.
 
-        Never raises: IMDS trouble makes the poll bad (logged rate-limited), and a bug in a
-        monitor is logged and the next monitor asked.
+        Never raises: IMDS trouble makes the poll bad (logged rate-limited; the events already
+        seen are still dispatched), and a bug in a monitor is logged and the next monitor asked.
+        ``READY=1`` goes out before the first dispatch, so a leave never runs under the start
+        timeout.
         """
         seen: list[TerminationEvent] = []
+        good = False
         try:
             if self.instance_id is None:
                 self.instance_id = self.imds.instance_id()
@@ -179,23 +182,30 @@ class Watcher:
                     continue
                 if event is not None:
                     seen.append(event)
-                    self.dispatch(event)
-                    if self.left:
-                        return seen
+            good = True
         except ImdsError as exc:
             self.limited.log(logging.WARNING, "imds", "IMDS poll failed: %s", exc)
-            return seen
         finally:
             self.polls += 1
-        self.limited.reset("imds")
-        self.last_good_poll, self.last_good_poll_epoch = self.monotonic(), self.clock()
-        if not self.ready:
-            self.ready = True
-            self.notifier.ready(f"watching {self.instance_id} every {self.interval:g}s")
-            self.notifier.start_watchdog(self.healthy)
-            self.worker.start()  # the periodic operations need the instance id the poll read
-            log.info("watching for termination every %gs", self.interval)
+        if good:
+            self.limited.reset("imds")
+            self.last_good_poll, self.last_good_poll_epoch = self.monotonic(), self.clock()
+        if good or seen:
+            self._become_ready()
+        for event in seen:
+            self.dispatch(event)
+            if self.left:
+                break
         return seen
+
+    def _become_ready(self) -> None:
+        if self.ready or self.instance_id is None:
+            return
+        self.ready = True
+        self.notifier.ready(f"watching {self.instance_id} every {self.interval:g}s")
+        self.notifier.start_watchdog(self.healthy)
+        self.worker.start()  # the periodic operations need the instance id the poll read
+        log.info("watching for termination every %gs", self.interval)
 
     def dispatch(self, event: TerminationEvent) -> None:
         """React to ``event`` once per key; a leave that could not start is tried again on the

@@ -243,3 +243,22 @@ def test_the_watcher_package_imports_lean() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == ""
+
+
+def test_ready_goes_out_before_a_leave_on_the_first_poll(tmp_path: Path, fake: FakeImds) -> None:
+    fake.answer(paths.SPOT_INSTANCE_ACTION, {"action": "terminate", "time": "2026-12-02T06:00:00Z"})
+    order: list[str] = []
+    rec = Recorder()
+    w, _, notes = make(tmp_path, fake, reactions=rec)
+    notes.ready = lambda status=None: order.append("READY") or True  # type: ignore[method-assign]
+    rec.leave = lambda *a: order.append("leave")  # type: ignore[method-assign]
+    w.poll_once()
+    assert order == ["READY", "leave"]
+
+
+def test_a_notice_seen_before_imds_failed_mid_poll_is_still_acted_on(tmp_path: Path, fake: FakeImds) -> None:
+    fake.answer(paths.SPOT_INSTANCE_ACTION, {"action": "terminate", "time": "2026-12-02T06:00:00Z"})
+    fake.answer(paths.TARGET_LIFECYCLE_STATE, b"", status=503)
+    w, rec, _ = make(tmp_path, fake)
+    w.poll_once()
+    assert rec.calls == [("leave", "spot-terminate", 1796191200.0, True, False)] and w.left
