@@ -51,6 +51,7 @@ TOKEN_HEADER = "X-aws-ec2-metadata-token"
 MAX_BODY = 64 * 1024  # bytes: every metadata answer but user data
 MAX_USER_DATA = 1024 * 1024  # bytes
 MAX_TOKEN = 1024  # characters (AWS tokens are about 56)
+MAX_TAGS = 50  # tags per EC2 resource (EC2 user guide, "Tag restrictions")
 _TOKEN_RE = re.compile(r"[\x21-\x7e]{1,1024}")  # MAX_TOKEN visible ASCII characters
 INSTANCE_ID_RE = re.compile(r"i-([0-9a-f]{8}|[0-9a-f]{17})")  # EC2 instance ids
 _STATE_RE = re.compile(r"[A-Za-z]{1,32}(:[A-Za-z]{1,32}){0,2}")
@@ -477,8 +478,11 @@ class ImdsClient:
         listing = self.get(TAGS, optional=True)
         if listing is None:
             return None
+        keys = [k for k in (line.strip() for line in listing.splitlines()) if k]
+        if len(keys) > MAX_TAGS:
+            raise ImdsBadAnswer(TAGS, f"{len(keys)} tag keys; EC2 allows at most {MAX_TAGS} per resource")
         out: dict[str, str] = {}
-        for key in filter(None, (k.strip() for k in listing.splitlines())):
+        for key in keys:
             if len(key) > 128 or "/" in key or not key.isprintable():
                 raise ImdsBadAnswer(TAGS, "a tag key longer than 128 characters or with '/' or control characters")
             value = self.get(f"{TAGS}/{key}", optional=True)

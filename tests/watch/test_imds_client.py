@@ -119,3 +119,14 @@ def test_a_required_path_that_is_missing_is_an_error_with_exit_65() -> None:
     with pytest.raises(ImdsError) as err:
         FakeImds().missing(paths.INSTANCE_ID).client().instance_id()
     assert err.value.exit_code == ExitCode.DATA
+
+
+def test_instance_tags_are_bounded_in_number() -> None:
+    fake = FakeImds().answer(paths.TAGS, "\n".join(f"k{i}" for i in range(51)))
+    with pytest.raises(ImdsBadAnswer, match="51 tag keys"):
+        fake.client().tags()
+    fake = FakeImds().answer(paths.TAGS, "Role\nbad/key").answer(f"{paths.TAGS}/Role", "node")
+    with pytest.raises(ImdsBadAnswer, match="tag key"):
+        fake.client().tags()
+    assert FakeImds().answer(paths.TAGS, "Role\n").answer(f"{paths.TAGS}/Role", "node").client().tags() == {
+        "Role": "node"}
