@@ -262,3 +262,46 @@ def test_a_notice_seen_before_imds_failed_mid_poll_is_still_acted_on(tmp_path: P
     w, rec, _ = make(tmp_path, fake)
     w.poll_once()
     assert rec.calls == [("leave", "spot-terminate", 1796191200.0, True, False)] and w.left
+
+
+def _random_answer(rng: Any) -> bytes:
+    import json
+
+    def value(depth: int = 0) -> Any:
+        makers = [
+            lambda: None, lambda: rng.random() * 1e12, lambda: rng.randrange(-10**9, 10**9),
+            lambda: rng.choice([True, False]),
+            lambda: "".join(chr(rng.randrange(0, 0x2FFF)) for _ in range(rng.randrange(0, 40))),
+            lambda: [value(depth + 1) for _ in range(rng.randrange(0, 4))],
+            lambda: {rng.choice(["action", "time", "EventId", "Code", "State", "noticeTime", "x"]): value(depth + 1)
+                     for _ in range(rng.randrange(0, 4))},
+            lambda: {"action": rng.choice(["terminate", "stop", "x"]), "time": value(depth + 1)},
+        ]
+        return makers[rng.randrange(8 if depth < 3 else 5)]()
+
+    shape = rng.randrange(4)
+    if shape == 0:
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(0, 200)))
+    if shape == 1:
+        return b"\r\n".join(bytes(rng.randrange(32, 127) for _ in range(rng.randrange(0, 30))) for _ in range(3))
+    return json.dumps(value()).encode()
+
+
+def test_seeded_fuzz_of_every_signal_never_crashes_a_poll(tmp_path: Path, fake: FakeImds) -> None:
+    import random
+
+    rng = random.Random(20261202)
+    signals = [paths.SPOT_INSTANCE_ACTION, paths.TARGET_LIFECYCLE_STATE, paths.REBALANCE, paths.SCHEDULED_EVENTS]
+    malformed = 0
+    for _ in range(150):
+        w, rec, _ = make(tmp_path, fake, "watch:\n  on_rebalance: cordon\n  on_maintenance: cordon\n",
+                         reactions=Recorder(confirm="InService"))
+        for path in signals:
+            fake.answer(path, _random_answer(rng))
+        events = w.poll_once()  # the first poll reads every signal
+        for event in events:
+            assert event.reaction in ("leave", "cordon", "ignore")
+            if event.reason.startswith("spot-"):
+                assert isinstance(event.deadline, float) and event.complete_hook
+            malformed += event.malformed
+    assert malformed > 50  # the fuzz reached the malformed-signal rules
