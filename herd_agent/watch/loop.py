@@ -55,6 +55,10 @@ class Reactions(Protocol):
         """Cordon the Node; raises on failure."""
         ...
 
+    def unfinished(self) -> str | None:
+        """The reason of a journaled unfinished leave, or None."""
+        ...
+
     def resume(self) -> bool | None:
         """Finish an unfinished leave: None when none, True when the hook was completed."""
         ...
@@ -104,6 +108,7 @@ class Watcher:
         self.last_good_poll: float | None = None
         self.last_good_poll_epoch: float | None = None
         self.ready = False
+        self._notified = False
         self.leaving = False
         self.left = False
         self.instance_id: str | None = None
@@ -142,8 +147,16 @@ class Watcher:
     # --- the loop -------------------------------------------------------------------------------
     def run(self) -> int:
         """Poll until terminated or left; returns the exit code."""
-        resumed = self._guard("resume", self.reactions.resume)
-        self.left = bool(resumed)
+        pending = self._guard("resume", self.reactions.unfinished)
+        if pending:
+            # Resuming may take the whole drain budget: tell systemd we are up (the start timeout
+            # would kill us) and keep the watchdog fed while the leave runs.
+            self._notify_ready(f"resuming an unfinished {pending} leave")
+            self.leaving = True
+            try:
+                self.left = bool(self._guard("resume", self.reactions.resume))
+            finally:
+                self.leaving = False
         while not self.left:
             self.poll_once()
             if self.left:
@@ -198,12 +211,17 @@ class Watcher:
                 break
         return seen
 
+    def _notify_ready(self, status: str) -> None:
+        if not self._notified:
+            self._notified = True
+            self.notifier.ready(status)
+            self.notifier.start_watchdog(self.healthy)
+
     def _become_ready(self) -> None:
         if self.ready or self.instance_id is None:
             return
         self.ready = True
-        self.notifier.ready(f"watching {self.instance_id} every {self.interval:g}s")
-        self.notifier.start_watchdog(self.healthy)
+        self._notify_ready(f"watching {self.instance_id} every {self.interval:g}s")
         self.worker.start()  # the periodic operations need the instance id the poll read
         log.info("watching for termination every %gs", self.interval)
 

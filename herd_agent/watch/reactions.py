@@ -76,15 +76,20 @@ class LeaveReactions:
         LeaveSequence(self.root, self.cfg, imds=self.imds, notifier=self.notifier, stopping=stopping).run(
             LeaveRequest(reason, deadline, complete_hook))
 
-    def resume(self) -> bool | None:
-        """Finish a journaled unfinished leave; None when there is none, else True when it
-        completed the lifecycle action (the instance is leaving for good)."""
+    def unfinished(self) -> str | None:
+        """The reason of a journaled unfinished leave, or None."""
         from herd_agent.leave import journal as jr
 
         journal = jr.load(self.root)
-        if journal is None or journal.finished:
+        return None if journal is None or journal.finished else str(journal.reason)
+
+    def resume(self) -> bool | None:
+        """Finish a journaled unfinished leave; None when there is none, else True when it
+        completed the lifecycle action (the instance is leaving for good)."""
+        reason = self.unfinished()
+        if reason is None:
             return None
-        log.warning("an unfinished %s leave is journaled: resuming it", journal.reason)
+        log.warning("an unfinished %s leave is journaled: resuming it", reason)
         from herd_agent.leave.sequence import LeaveSequence
 
         done = LeaveSequence(self.root, self.cfg, imds=self.imds, notifier=self.notifier).run(None)

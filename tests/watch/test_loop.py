@@ -37,9 +37,14 @@ class Recorder:
     def cordon(self, why: str) -> None:
         self.calls.append(("cordon", why))
 
+    pending: str | None = None
+
+    def unfinished(self) -> str | None:
+        return self.pending
+
     def resume(self) -> bool | None:
         self.calls.append(("resume",))
-        return None
+        return True if self.pending else None
 
     def confirm_termination(self) -> str | None:
         self.calls.append(("confirm",))
@@ -305,3 +310,23 @@ def test_seeded_fuzz_of_every_signal_never_crashes_a_poll(tmp_path: Path, fake: 
                 assert isinstance(event.deadline, float) and event.complete_hook
             malformed += event.malformed
     assert malformed > 50  # the fuzz reached the malformed-signal rules
+
+
+def test_resuming_a_leave_sends_ready_first_and_keeps_the_watchdog_fed(tmp_path: Path, fake: FakeImds) -> None:
+    """The unit's start timeout (90 s) and WatchdogSec=30s would otherwise kill a long resumed drain."""
+    rec = Recorder()
+    rec.pending = "asg-terminate"
+    w, _, notes = make(tmp_path, fake, reactions=rec)
+    seen: list[tuple[list[str], bool]] = []
+    rec.resume = lambda: seen.append((list(notes.sent), w.healthy())) or True  # type: ignore[method-assign]
+    w.term.set()  # systemd stops us once the leave is done
+    assert w.run() == 0
+    assert seen == [(["READY", "WATCHDOG"], True)]
+    assert w.left and fake.requests == []  # left: no polling at all
+
+
+def test_nothing_to_resume_polls_and_sends_ready_after_the_first_good_poll(tmp_path: Path, fake: FakeImds) -> None:
+    w, rec, notes = make(tmp_path, fake, shutting_down=lambda: False)
+    w.term.set()
+    assert w.run() == 0
+    assert rec.calls == [] and notes.sent[:2] == ["READY", "WATCHDOG"] and w.ready
