@@ -3,6 +3,7 @@ refresh, and garbage IMDS answers never crash it (each gets the rule in docs/lea
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -101,3 +102,41 @@ def test_maintenance_event_with_cordon_reaction_cordons_only(cluster: SandboxClu
     assert "node.kubernetes.io/exclude-from-external-load-balancers" not in node["metadata"].get("labels", {})
     assert not c.instances[w].root.exists("/var/lib/herd-agent/leave.json")
     assert proc.poll() is None
+
+
+def test_the_watcher_resumes_a_leave_killed_mid_way(cluster: SandboxCluster) -> None:
+    """A leave killed after its drain is finished by the next watcher start, exactly once, and the
+    watcher then only waits to be stopped (it does not poll a leaving instance)."""
+    import signal
+
+    import psutil
+
+    c = cluster
+    (cp,) = c.group("control-plane", 1)
+    c.join(cp)
+    (w,) = c.group("node", 1, terminate_hook=True)
+    c.join(w)
+    c.region.terminate_instance(w, decrement=True)
+    c.region.wait_for(lambda: c.region.lifecycle_state(w) == "Terminating:Wait", timeout=30, what="wait state")
+    inst = c.instances[w]
+    proc = inst.spawn_agent("leave", "--reason", "asg-terminate", log_name="leave.log",
+                            env={"HERD_AGENT_FAILPOINT": "drain:after"})
+    p = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 60
+    while p.status() != psutil.STATUS_STOPPED:
+        assert proc.poll() is None, (inst.workdir / "leave.log").read_text()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)  # waiting for another process to reach its failpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    watcher = c.watch(w)
+    wait_log(c, w, watcher, "an unfinished asg-terminate leave is journaled: resuming it")
+    journal = c.region.wait_for(lambda: (j := json.loads(inst.root.read_text("/var/lib/herd-agent/leave.json")))
+                                .get("finished_at") and j, timeout=60, what="the journal finished")
+    c.region.wait_for(lambda: c.region.lifecycle_state(w) == "Terminated", timeout=60, what="terminated")
+    steps = journal["steps"]
+    assert {n: (s["status"], s["starts"]) for n, s in steps.items() if s["status"] != "skipped"} == {
+        "cordon": ("done", 1), "drain": ("done", 1), "delete-node": ("done", 1), "stop-k3s": ("done", 1),
+        "complete-hook": ("done", 1)}
+    assert c.kube.find("Node", w) is None
+    assert "watching for termination" not in c.log(w) and watcher.poll() is None
