@@ -201,6 +201,8 @@ def test_a_blocked_periodic_operation_never_delays_detection(tmp_path: Path, fak
     try:
         worker.start()
         assert started.wait(10)
+        w.poll_once()
+        assert w.healthy()  # the watchdog stays fed: a stuck refresh never gets the watcher restarted
         fake.answer(paths.SPOT_INSTANCE_ACTION, {"action": "terminate", "time": "2026-12-02T06:00:00Z"})
         w.poll_once()
         assert rec.calls == [("leave", "spot-terminate", 1796191200.0, True, False)]
