@@ -120,7 +120,7 @@ class Watcher:
         the advisories."""
         return [
             SpotMonitor(self.imds, self.clock),
-            TargetLifecycleMonitor(self.imds, self.limited, self.reactions.confirm_termination),
+            TargetLifecycleMonitor(self.imds, self.limited, self.reactions.confirm_termination, self.monotonic),
             RebalanceMonitor(self.imds, self.cfg.get("watch.on_rebalance")),
             ScheduledEventsMonitor(self.imds, self.cfg.get("watch.on_maintenance"), self.limited),
         ]

@@ -22,6 +22,7 @@ logged rate-limited. An unreachable IMDS (:class:`ImdsError`) propagates: the po
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol
@@ -34,6 +35,7 @@ from herd_agent.watch.events import LEAVE, SPOT_NOTICE_S, TerminationEvent
 log = logging.getLogger(__name__)
 
 ADVISORY_EVERY = 10  # polls between two reads of the rebalance and maintenance paths
+CONFIRM_EVERY_S = 5.0  # at most one DescribeAutoScalingInstances per this many seconds
 
 
 class Monitor(Protocol):
@@ -73,13 +75,17 @@ class TargetLifecycleMonitor:
     Args:
         imds: the client; limited: rate-limited logger shared by the watcher.
         confirm: ``() -> LifecycleState or None`` — the instance's state per
-            ``DescribeAutoScalingInstances`` (None: the call failed; it logs why).
+            ``DescribeAutoScalingInstances`` (None: the call failed; it logs why); asked at most
+            once per :data:`CONFIRM_EVERY_S` while Auto Scaling disagrees.
+        clock: monotonic seconds.
     """
 
     name, every = "target-lifecycle-state", 1
 
-    def __init__(self, imds: ImdsClient, limited: RateLimitedLogger, confirm: Callable[[], str | None]) -> None:
-        self.imds, self.limited, self.confirm = imds, limited, confirm
+    def __init__(self, imds: ImdsClient, limited: RateLimitedLogger, confirm: Callable[[], str | None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.imds, self.limited, self.confirm, self.clock = imds, limited, confirm, clock
+        self._last_confirm: float | None = None
 
     def check(self) -> TerminationEvent | None:  # noqa: D102 (see Monitor.check)
         try:
@@ -90,6 +96,10 @@ class TargetLifecycleMonitor:
             return None
         if state != "Terminated":
             return None
+        now = self.clock()
+        if self._last_confirm is not None and now - self._last_confirm < CONFIRM_EVERY_S:
+            return None
+        self._last_confirm = now
         confirmed = self.confirm()
         if confirmed is None or not confirmed.startswith("Terminating"):
             self.limited.log(logging.INFO, "confirm", "IMDS says Terminated, Auto Scaling says %s; waiting",

@@ -106,11 +106,14 @@ def test_target_terminated_is_confirmed_then_leaves(tmp_path: Path, fake: FakeIm
     assert rec.calls == [("confirm",), ("leave", "asg-terminate", None, True, False)]
 
 
-def test_unconfirmed_termination_is_retried_on_the_next_poll(tmp_path: Path, fake: FakeImds) -> None:
-    rec = Recorder(confirm=None)
-    w, _, _ = make(tmp_path, fake, reactions=rec)
+def test_unconfirmed_termination_is_asked_again_after_5_s(tmp_path: Path, fake: FakeImds) -> None:
+    rec, now = Recorder(confirm=None), [0.0]
+    w, _, _ = make(tmp_path, fake, reactions=rec, monotonic=lambda: now[0])
     fake.answer(paths.TARGET_LIFECYCLE_STATE, "Terminated")
     w.poll_once()
+    now[0] += 1
+    w.poll_once()
+    now[0] += 4
     w.poll_once()
     assert rec.calls == [("confirm",), ("confirm",)] and not w.left
 

@@ -89,9 +89,17 @@ def test_target_terminated_confirmed_by_auto_scaling() -> None:
 
 
 @pytest.mark.parametrize("confirmed", ["InService", "", None])
-def test_target_terminated_not_confirmed_waits(confirmed: str | None) -> None:
+def test_target_terminated_not_confirmed_waits_and_asks_again_at_most_every_5_s(confirmed: str | None) -> None:
     fake = FakeImds().answer(paths.TARGET_LIFECYCLE_STATE, "Terminated")
-    assert TargetLifecycleMonitor(fake.client(), limited(), lambda: confirmed).check() is None
+    now, asked = [0.0], []
+    monitor = TargetLifecycleMonitor(fake.client(), limited(), lambda: asked.append(now[0]) or confirmed,
+                                     clock=lambda: now[0])
+    for _ in range(10):  # ten polls in a second: one AWS call
+        assert monitor.check() is None
+        now[0] += 0.1
+    now[0] = 5.0
+    assert monitor.check() is None
+    assert asked == [0.0, 5.0]
 
 
 def test_target_lifecycle_404_is_quiet() -> None:
