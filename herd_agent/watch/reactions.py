@@ -9,7 +9,7 @@
   (``DescribeAutoScalingInstances``), for the target-lifecycle-state monitor;
 - :func:`system_is_shutting_down`: tell a machine shutdown from a plain service stop.
 
-boto3 and lightkube are imported only inside these calls.
+boto3, lightkube and even :mod:`subprocess` are imported only inside these calls.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from typing import Any
 
 from herd_agent.config.loader import Config
 from herd_agent.discovery.imds import ImdsClient
-from herd_agent.host import runner as runner_mod
 from herd_agent.host.fsroot import HostRoot
 from herd_agent.host.notify import Notifier
 from herd_agent.logs import RateLimitedLogger
@@ -37,7 +36,10 @@ def system_is_shutting_down(run: Callable[..., Any] | None = None) -> bool:
     manager is shutting down), and a start job for a shutdown target is queued
     (``systemctl list-jobs``). Either one means shutdown.
     """
-    run = run or runner_mod.get_runner().run
+    if run is None:
+        from herd_agent.host import runner  # subprocess: only on SIGTERM, not in the idle watcher
+
+        run = runner.get_runner().run
     try:
         state = run(["systemctl", "is-system-running"], timeout=10, check=False).stdout.strip()
     except Exception as exc:

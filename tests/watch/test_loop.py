@@ -248,7 +248,8 @@ def test_the_watcher_package_imports_lean() -> None:
 
     code = ("import sys, herd_agent.watch, herd_agent.watch.operations, herd_agent.watch.reactions\n"
             "bad = [m for m in ('boto3', 'botocore', 'lightkube', 'kubernetes', 'tenacity', 'herd_sandbox', "
-            "'herd_agent.etcd.client', 'herd_agent.leave.sequence', 'herd_agent.join.sequence') if m in sys.modules]\n"
+            "'herd_agent.etcd.client', 'herd_agent.leave.sequence', 'herd_agent.join.sequence', 'subprocess') "
+            "if m in sys.modules]\n"
             "print(','.join(bad))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
