@@ -305,22 +305,23 @@ class Watcher:
             return
         from herd_agent.discovery import control_plane
 
-        port, timeout = self.cfg.get("discovery.api_port"), self.cfg.get("discovery.health_timeout_s")
-        if control_plane.reachable(state.endpoint_ip, port, timeout):
+        ca = control_plane.pinned_ca(self.root)
+        if control_plane.probe(state.endpoint_ip, self.cfg.get("discovery.api_port"),
+                               self.cfg.get("discovery.health_timeout_s"), ca_pem=ca):
             self.limited.reset("hosts")
             return
         self.limited.log(logging.WARNING, "hosts", "control plane %s stopped answering; choosing another",
                          state.endpoint_ip)
         try:
             from herd_agent.discovery.identity import read_identity
-            from herd_agent.join import hosts, k3s_config
+            from herd_agent.host import hosts
+            from herd_agent.join.state import save_state
+            from herd_agent.k3s.config import endpoint_name
 
             ident = read_identity(self.imds, self.cfg)
-            chosen = control_plane.discover(ident, self.cfg)
-            hosts.sync(self.root, {k3s_config.endpoint_name(self.cfg, ident): chosen.ip})
+            chosen = control_plane.healthy_endpoint(ident, self.cfg, ca_pem=ca).chosen
+            hosts.sync(self.root, {endpoint_name(self.cfg, ident): chosen.ip})
             state.endpoint_ip = chosen.ip
-            from herd_agent.join.state import save_state
-
             save_state(self.root, state)
         except Exception as exc:
             self.limited.log(logging.WARNING, "hosts-refresh", "could not refresh /etc/hosts: %s", exc)

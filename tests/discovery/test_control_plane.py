@@ -11,7 +11,7 @@ import pytest
 
 from herd_agent import aws
 from herd_agent.config import load_config
-from herd_agent.discovery.control_plane import Candidate, NoControlPlaneError, choose, discover, probe
+from herd_agent.discovery.control_plane import Candidate, NoControlPlaneError, choose, healthy_endpoint, probe
 from herd_agent.discovery.identity import Identity
 from herd_agent.errors import ExitCode
 from herd_agent.host.fsroot import HostRoot
@@ -63,15 +63,16 @@ def test_lookup_by_tags_in_the_sandbox(shared_region: Region, unique: str, cfg, 
         monkeypatch.setenv(k, v)
     aws.reset_clients()
     try:
-        chosen = discover(ident(me, region.instance(me).private_ip, cluster=unique), cfg(),
-                          healthy=lambda c: c.instance_id == cps[2])
+        chosen = healthy_endpoint(ident(me, region.instance(me).private_ip, cluster=unique), cfg(),
+                                  check=lambda c: c.instance_id == cps[2]).chosen
         assert chosen.instance_id == cps[2] and chosen.ip == region.instance(cps[2]).private_ip
         # One round = one DescribeInstances call.
         assert [c.action for c in region.calls(caller=me)] == ["DescribeInstances"]
         # A terminated control plane is not a candidate.
         region.terminate_instance(cps[2])
         region.wait_for(lambda: region.ec2_state(cps[2]) == "terminated", timeout=30, what="terminated")
-        chosen = discover(ident(me, region.instance(me).private_ip, cluster=unique), cfg(), healthy=lambda c: True)
+        chosen = healthy_endpoint(ident(me, region.instance(me).private_ip, cluster=unique), cfg(),
+                                  check=lambda c: True).chosen
         assert chosen.instance_id in cps[:2]
     finally:
         aws.reset_clients()
@@ -79,14 +80,14 @@ def test_lookup_by_tags_in_the_sandbox(shared_region: Region, unique: str, cfg, 
 
 def test_fixed_addresses_skip_ec2(cfg) -> None:
     c = cfg("discovery:\n  addresses: [127.0.0.21, 127.0.0.22]\n")
-    assert discover(ident(), c, healthy=lambda x: x.ip == "127.0.0.22").ip == "127.0.0.22"
+    assert healthy_endpoint(ident(), c, check=lambda x: x.ip == "127.0.0.22").chosen.ip == "127.0.0.22"
 
 
 def test_no_control_plane_after_bounded_retries(cfg) -> None:
     c = cfg("discovery:\n  addresses: [127.0.0.21]\n  attempts: 3\n")
     rounds: list[float] = []
     with pytest.raises(NoControlPlaneError) as exc:
-        discover(ident(), c, healthy=lambda x: False, sleep=rounds.append)
+        healthy_endpoint(ident(), c, check=lambda x: False, sleep=rounds.append)
     assert len(rounds) == 2  # three rounds, two waits between them
     assert rounds[1] > rounds[0]  # backoff grows
     assert exc.value.exit_code == ExitCode.UNAVAILABLE == 69

@@ -26,7 +26,8 @@ def setup(region: Region, tmp_path: Path):
     region.create_group(name, f"{name}-lt", desired=1, hooks=[Hook("launch", "launching")],
                         tags={"herd:cluster": name, "herd:role": "node"})
     (iid,) = region.group_instances(name)
-    region.client("ssm").put_parameter(Name=f"/herd/{name}/token", Value="plan-test-token-value-123",
+    # A worker reads only the agent token.
+    region.client("ssm").put_parameter(Name=f"/herd/{name}/k3s-agent-token", Value="plan-test-token-value-123",
                                        Type="SecureString")
     inst = SandboxInstance(iid, tmp_path / iid, region.env(iid)).prepare()
     inst.write_config(f"discovery:\n  addresses: [{ip}]\n")
