@@ -195,9 +195,10 @@ class Etcd:
             return
         from herd_agent.etcd.gc import Ec2InstanceOracle
 
-        seen = ctx.endpoint.seen if ctx.endpoint and ctx.endpoint.seen else \
-            control_plane.describe_control_planes(ctx.ident, ctx.cfg, ec2=ctx.clients("ec2"))
-        peers = [settings.client_url(c.ip) for c in seen]
+        # Only through the control plane discovery verified (its CA matched the token): another
+        # tagged instance may run an etcd of its own (a failed founder's, or a rogue's).
+        via = ctx.endpoint.chosen.ip if ctx.endpoint else str(ctx.state.endpoint_ip)
+        peers = [settings.client_url(via)]
         oracle = Ec2InstanceOracle(ctx.ident.region, client=ctx.clients("ec2"), autoscaling=ctx.clients("autoscaling"))
         ctx.act(f"etcd: join as learner through {', '.join(peers)}, then promote", lambda: me.join(peers, oracle))
 
