@@ -132,6 +132,8 @@ def describe_control_planes(ident: Identity, cfg: Config, *, ec2: Any = None) ->
 def _get(ip: str, port: int, path: str, timeout_s: float, ca_pem: bytes | None) -> tuple[int, bytes] | None:
     """``GET https://ip:port/path``: (status, body up to 64 KiB), or None when unreachable or the
     TLS check failed. ``ca_pem`` None: unverified (k3s' own /cacerts fetch is unverified too)."""
+    import warnings
+
     import urllib3
 
     pool = urllib3.HTTPSConnectionPool(
@@ -140,8 +142,8 @@ def _get(ip: str, port: int, path: str, timeout_s: float, ca_pem: bytes | None) 
         ca_cert_data=ca_pem.decode() if ca_pem else None, assert_hostname=False,
     )
     try:
-        with urllib3.warnings.catch_warnings():
-            urllib3.warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
             r = pool.request("GET", path, preload_content=False, redirect=False)
             try:
                 body = r.read(MAX_ANSWER_BYTES + 1)

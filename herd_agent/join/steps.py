@@ -15,7 +15,7 @@ from herd_agent.discovery import control_plane
 from herd_agent.host import hosts, kernel
 from herd_agent.join import token as token_mod
 from herd_agent.join.context import JoinContext
-from herd_agent.join.founder import FounderClaims
+from herd_agent.join.founder import Claim, FounderClaims
 from herd_agent.k3s import config as k3s_config
 from herd_agent.k3s import service
 from herd_agent.k3s.names import node_name
@@ -39,9 +39,7 @@ def _claims(ctx: JoinContext) -> FounderClaims:
 
 
 def _tokens(ctx: JoinContext) -> token_mod.TokenStore:
-    return token_mod.TokenStore(ctx.cfg, ctx.ident, ssm=ctx.clients("ssm") if ctx.cfg.get("token.source") == "ssm"
-                                else None, secretsmanager=ctx.clients("secretsmanager")
-                                if ctx.cfg.get("token.source") != "ssm" else None)
+    return token_mod.TokenStore(ctx.cfg, ctx.ident, client=ctx.clients(token_mod.service_of(ctx.cfg)))
 
 
 def _my_kind(ctx: JoinContext) -> str:
@@ -62,6 +60,9 @@ class Discover:
         if ctx.joined:
             log.info("already joined; endpoint %s (no EC2 lookup)", ctx.state.endpoint_ip)
             return False
+        if ctx.state.founder and ctx.state.configured:
+            log.info("resuming as the founder (claim epoch %s)", ctx.state.founder_epoch)
+            return False  # a founder stays one: fencing (publish-tokens) stops it if it was superseded
         return True
 
     def run(self, ctx: JoinContext) -> None:  # noqa: D102
@@ -85,12 +86,13 @@ class Discover:
                     self._joiner(ctx, first)
                     return
             except (control_plane.NoControlPlaneError, control_plane.CaMismatchError):
+                planned = Claim(0, ctx.ident.instance_id, ctx.ident.private_ip, 0.0)  # epoch 0: "the next one"
                 claim = ctx.act(f"ssm:PutParameter {_claims(ctx).prefix}/<next epoch> (Overwrite=False), "
                                 "if the latest founder claim is stale or absent",
-                                lambda: _claims(ctx).claim(), planned="plan")
+                                lambda: _claims(ctx).claim(), planned=planned)
                 if claim is not None:
                     ctx.state.founder = True
-                    ctx.state.founder_epoch = getattr(claim, "epoch", None)
+                    ctx.state.founder_epoch = claim.epoch
                     ctx.state.endpoint_ip = ctx.ident.private_ip
                     ctx.endpoint = None
                     return
@@ -304,7 +306,7 @@ class PublishTokens:
     def run(self, ctx: JoinContext) -> None:  # noqa: D102
         store = _tokens(ctx)
         epoch = ctx.state.founder_epoch
-        if epoch is not None:
+        if epoch is not None:  # None: a founder journaled before claims had epochs
             ctx.act(f"ssm:GetParametersByPath {_claims(ctx).prefix} (fencing: epoch {epoch} still the latest)",
                     lambda: _claims(ctx).still_current(epoch))
         for kind, path in ((token_mod.SERVER, K3S_SERVER_TOKEN), (token_mod.AGENT, K3S_AGENT_TOKEN)):

@@ -35,6 +35,11 @@ SERVER, AGENT = "server", "agent"
 __all__ = ["AGENT", "SERVER", "TOKEN_FILE", "MissingTokenError", "TokenStore", "write_file"]
 
 
+def service_of(cfg: Config) -> str:
+    """The AWS service that keeps the tokens: ``ssm`` or ``secretsmanager`` (``token.source``)."""
+    return "ssm" if cfg.get("token.source") == "ssm" else "secretsmanager"
+
+
 class MissingTokenError(HerdError):
     """A join token does not exist (exit 66)."""
 
@@ -47,22 +52,21 @@ class TokenStore:
     Args:
         cfg: effective config (``token.*``).
         ident: this instance (region, cluster).
-        ssm, secretsmanager: boto3 clients (tests: Stubber-wrapped); default ``aws.client``.
+        client: the boto3 client of ``token.source`` (:func:`service_of`; tests: Stubber-wrapped);
+            default ``aws.client``, made on first use.
     """
 
-    def __init__(self, cfg: Config, ident: Identity, *, ssm: Any = None, secretsmanager: Any = None) -> None:
+    def __init__(self, cfg: Config, ident: Identity, *, client: Any = None) -> None:
         self.cfg, self.ident = cfg, ident
         self.source = cfg.get("token.source")
-        self._ssm, self._sm = ssm, secretsmanager
+        self._given = client
 
     def _client(self) -> Any:
-        from herd_agent import aws
+        if self._given is None:
+            from herd_agent import aws
 
-        if self.source == "ssm":
-            self._ssm = self._ssm or aws.client("ssm", self.ident.region)
-            return self._ssm
-        self._sm = self._sm or aws.client("secretsmanager", self.ident.region)
-        return self._sm
+            self._given = aws.client(service_of(self.cfg), self.ident.region)
+        return self._given
 
     def name(self, kind: str) -> str:
         """The parameter name / secret id of the ``server`` or ``agent`` token, ``{cluster}`` filled in."""
