@@ -295,36 +295,43 @@ class Watcher:
 
     # --- /etc/hosts --------------------------------------------------------------------------------
     def refresh_hosts(self) -> None:
-        """Keep the endpoint name on a healthy control plane: check that the recorded one still
-        accepts connections (no AWS call, no TLS); only when it stopped, look the control planes up
-        by tag and pick one that passes the full ``/ping`` probe."""
+        """Keep the endpoint name on a healthy control plane, as decided by the one owner,
+        :func:`herd_agent.discovery.control_plane.healthy_endpoint`: the recorded one is kept while
+        it answers ``/ping`` (TLS verified against the pinned CA; no AWS call, no IMDS read); only
+        when it stopped are the control planes looked up by tag and probed."""
         from herd_agent.join.state import load_state
 
         state = load_state(self.root)
         if state is None or not state.endpoint_ip or state.instance_id != self.instance_id:
             return
         from herd_agent.discovery import control_plane
+        from herd_agent.discovery.identity import read_identity
 
-        ca = control_plane.pinned_ca(self.root)
-        if control_plane.probe(state.endpoint_ip, self.cfg.get("discovery.api_port"),
-                               self.cfg.get("discovery.health_timeout_s"), ca_pem=ca):
-            self.limited.reset("hosts")
-            return
-        self.limited.log(logging.WARNING, "hosts", "control plane %s stopped answering; choosing another",
-                         state.endpoint_ip)
+        old = state.endpoint_ip
+        read: list = []
+
+        def identity():  # read only when a lookup is needed
+            read.append(read_identity(self.imds, self.cfg))
+            return read[-1]
+
         try:
-            from herd_agent.discovery.identity import read_identity
-            from herd_agent.host import hosts
-            from herd_agent.join.state import save_state
-            from herd_agent.k3s.config import endpoint_name
-
-            ident = read_identity(self.imds, self.cfg)
-            chosen = control_plane.healthy_endpoint(ident, self.cfg, ca_pem=ca).chosen
-            hosts.sync(self.root, {endpoint_name(self.cfg, ident): chosen.ip})
-            state.endpoint_ip = chosen.ip
-            save_state(self.root, state)
+            chosen = control_plane.healthy_endpoint(identity, self.cfg, current=old,
+                                                    ca_pem=control_plane.pinned_ca(self.root)).chosen
         except Exception as exc:
             self.limited.log(logging.WARNING, "hosts-refresh", "could not refresh /etc/hosts: %s", exc)
+            return
+        if chosen.ip == old:
+            self.limited.reset("hosts")
+            return
+        self.limited.log(logging.WARNING, "hosts", "control plane %s stopped answering; switching to %s", old,
+                         chosen.ip)
+        from herd_agent.host import hosts
+        from herd_agent.join.state import save_state
+        from herd_agent.k3s.config import endpoint_name
+
+        hosts.sync(self.root, {endpoint_name(self.cfg, read[-1]): chosen.ip})
+        state.endpoint_ip = chosen.ip
+        save_state(self.root, state)
 
 
 def _parse_time(text: str | None) -> float | None:

@@ -217,7 +217,7 @@ def choose(candidates: Sequence[Candidate], healthy: Callable[[Candidate], bool]
 
 
 def healthy_endpoint(
-    ident: Identity,
+    ident: Identity | Callable[[], Identity],
     cfg: Config,
     *,
     current: str | None = None,
@@ -232,6 +232,8 @@ def healthy_endpoint(
     """Decide the control plane to use (the module docstring's rules), retrying with backoff.
 
     Args:
+        ident: this instance, or a function that reads it — called only when a lookup is needed,
+            so keeping a healthy ``current`` costs no IMDS read (the resident watcher).
         current: the recorded endpoint IP; kept while it passes the probe (no AWS call).
         token: reads the join token (each round: a joiner waits for the secure one), or None.
         require_secure: a round without a secure token fails ("the cluster's secure token is not
@@ -253,6 +255,9 @@ def healthy_endpoint(
     prober = Prober(port, timeout, ca_pem=ca_pem)
     if current and (check(Candidate(current)) if check else probe(current, port, timeout, ca_pem=ca_pem)):
         return Endpoint(Candidate(current), [], ca_pem)
+    if callable(ident):
+        ident = ident()
+    me: Identity = ident
     seen: list[Candidate] = []
     waiting_for_token = False
 
@@ -260,8 +265,8 @@ def healthy_endpoint(
         nonlocal seen, waiting_for_token
         prober.token = token() if token else None
         waiting_for_token = False
-        seen = describe_control_planes(ident, cfg, ec2=ec2)
-        found = choose(seen, check or prober, ident.availability_zone)
+        seen = describe_control_planes(me, cfg, ec2=ec2)
+        found = choose(seen, check or prober, me.availability_zone)
         if found is None:
             raise NoControlPlaneError("none healthy yet")
         if require_secure and not (prober.token and prober.token.secure):
@@ -285,7 +290,7 @@ def healthy_endpoint(
     except NoControlPlaneError:
         if prober.rejected:
             raise CaMismatchError(
-                f"refusing control plane(s) of cluster {ident.cluster!r} whose CA does not match the join token "
+                f"refusing control plane(s) of cluster {me.cluster!r} whose CA does not match the join token "
                 f"({'; '.join(prober.rejected.values())}): a rogue or foreign server carries the cluster's tags. "
                 "Find who tagged it; check that the token parameter belongs to this cluster"
             ) from None
@@ -293,7 +298,7 @@ def healthy_endpoint(
         why = ("the cluster's secure join token was never published (the founder publishes it once its k3s runs)"
                if waiting_for_token else f"found: {listed}; probe: https://IP:{port}/ping")
         error = NoControlPlaneError(
-            f"no healthy control plane for cluster {ident.cluster!r} after {rounds} rounds ({why}). "
+            f"no healthy control plane for cluster {me.cluster!r} after {rounds} rounds ({why}). "
             f"Check the control planes' tags ({cfg.get('identity.cluster_tag')}, {cfg.get('identity.role_tag')}), "
             f"their VPC, and that port {port} is open"
         )
