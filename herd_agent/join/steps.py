@@ -82,7 +82,7 @@ class Discover:
         if ctx.ident.is_control_plane:
             try:
                 first = decide(attempts=1)
-                if first.ca_pem is not None or ctx.check is not None:
+                if first.ca_pem is not None:
                     self._joiner(ctx, first)
                     return
             except (control_plane.NoControlPlaneError, control_plane.CaMismatchError):
