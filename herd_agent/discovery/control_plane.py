@@ -130,29 +130,34 @@ def describe_control_planes(ident: Identity, cfg: Config, *, ec2: Any = None) ->
 
 
 def _get(ip: str, port: int, path: str, timeout_s: float, ca_pem: bytes | None) -> tuple[int, bytes] | None:
-    """``GET https://ip:port/path``: (status, body up to 64 KiB), or None when unreachable or the
-    TLS check failed. ``ca_pem`` None: unverified (k3s' own /cacerts fetch is unverified too)."""
-    import warnings
+    """``GET https://ip:port/path``: (status, body up to 64 KiB), or None when unreachable, too
+    large, or the TLS check failed. ``ca_pem`` None: unverified (k3s' own /cacerts fetch is too).
 
-    import urllib3
+    Standard-library ``http.client`` (the IMDS client's transport too), so the resident watcher
+    imports no further HTTP stack for its periodic probe.
+    """
+    import http.client
+    import ssl
 
-    pool = urllib3.HTTPSConnectionPool(
-        ip, port, timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s), retries=False,
-        cert_reqs="CERT_REQUIRED" if ca_pem else "CERT_NONE",
-        ca_cert_data=ca_pem.decode() if ca_pem else None, assert_hostname=False,
-    )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False  # the chain is verified, not the name (module docstring)
+    if ca_pem:
+        try:
+            ctx.load_verify_locations(cadata=ca_pem.decode("ascii"))
+        except (ssl.SSLError, ValueError):
+            return None
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    else:
+        ctx.verify_mode = ssl.CERT_NONE
+    conn = http.client.HTTPSConnection(ip, port, timeout=timeout_s, context=ctx)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
-            r = pool.request("GET", path, preload_content=False, redirect=False)
-            try:
-                body = r.read(MAX_ANSWER_BYTES + 1)
-            finally:
-                r.release_conn()
-    except (urllib3.exceptions.HTTPError, OSError):
+        conn.request("GET", path, headers={"Connection": "close"})
+        r = conn.getresponse()
+        body = r.read(MAX_ANSWER_BYTES + 1)
+    except (OSError, http.client.HTTPException, ssl.SSLError):
         return None
     finally:
-        pool.close()
+        conn.close()
     if len(body) > MAX_ANSWER_BYTES:
         return None
     return r.status, body
