@@ -297,8 +297,9 @@ class Watcher:
     def refresh_hosts(self) -> None:
         """Keep the endpoint name on a healthy control plane, as decided by the one owner,
         :func:`herd_agent.discovery.control_plane.healthy_endpoint`: the recorded one is kept while
-        it answers ``/ping`` (TLS verified against the pinned CA; no AWS call, no IMDS read); only
-        when it stopped are the control planes looked up by tag and probed."""
+        it accepts connections (``liveness="connect"``: no TLS, no AWS call, no IMDS read); only when
+        it stopped are the control planes looked up by tag and probed (TLS verified against the
+        pinned CA)."""
         from herd_agent.join.state import load_state
 
         state = load_state(self.root)
@@ -315,7 +316,7 @@ class Watcher:
             return read[-1]
 
         try:
-            chosen = control_plane.healthy_endpoint(identity, self.cfg, current=old,
+            chosen = control_plane.healthy_endpoint(identity, self.cfg, current=old, liveness="connect",
                                                     ca_pem=control_plane.pinned_ca(self.root)).chosen
         except Exception as exc:
             self.limited.log(logging.WARNING, "hosts-refresh", "could not refresh /etc/hosts: %s", exc)

@@ -5,7 +5,9 @@ Every caller asks here — the join (its discovery and its heal during the Ready
 
 **Decision** (one round):
 
-1. ``current`` (the recorded endpoint), when given and it passes the probe, is kept: no AWS call.
+1. ``current`` (the recorded endpoint), when given and still alive, is kept: no AWS call. Alive
+   means it passes the probe, or for the resident watcher (``liveness="connect"``) that it accepts
+   a TCP connection on the API port (a TLS context would break the watcher's memory budget).
 2. Otherwise the candidates are looked up: ``ec2:DescribeInstances`` filtered on
    ``tag:<cluster_tag>=<cluster>``, ``tag:<role_tag>=<control-plane value>``,
    ``instance-state-name`` in (running, pending) and ``vpc-id=<this instance's VPC>`` (from IMDS),
@@ -163,6 +165,17 @@ def _get(ip: str, port: int, path: str, timeout_s: float, ca_pem: bytes | None) 
     return r.status, body
 
 
+def _connects(ip: str, port: int, timeout_s: float) -> bool:
+    """True when a TCP connection to ``ip:port`` opens within ``timeout_s`` seconds."""
+    import socket
+
+    try:
+        with socket.create_connection((ip, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
 def probe(ip: str, port: int, timeout_s: float, *, ca_pem: bytes | None = None) -> bool:
     """True when ``https://ip:port/ping`` answers ``200`` and ``pong`` within ``timeout_s`` seconds,
     over TLS verified against ``ca_pem`` when given."""
@@ -229,6 +242,7 @@ def healthy_endpoint(
     token: Callable[[], JoinToken | None] | None = None,
     require_secure: bool = False,
     ca_pem: bytes | None = None,
+    liveness: str = "ping",
     attempts: int | None = None,
     ec2: Any = None,
     check: Callable[[Candidate], bool] | None = None,
@@ -244,6 +258,10 @@ def healthy_endpoint(
         require_secure: a round without a secure token fails ("the cluster's secure token is not
             published yet"): joiners never send credentials under a short token.
         ca_pem: a CA already pinned (PEM); probes verify against it.
+        liveness: how ``current`` is re-checked: ``ping`` (the full probe) or ``connect`` (a TCP
+            connect to the API port: no TLS, for the resident watcher, whose memory budget a TLS
+            context would break; the endpoint was verified when chosen, sends it nothing, and k3s
+            verifies it against its own pinned CA). Candidates always get the full probe.
         attempts: rounds (default ``discovery.attempts``); 1 for a single look.
         ec2: EC2 client for the lookup (tests: a Stubber-wrapped one).
         check: health check override (tests); default a :class:`Prober`.
@@ -258,8 +276,17 @@ def healthy_endpoint(
     timeout = cfg.get("discovery.health_timeout_s")
     rounds = attempts or cfg.get("discovery.attempts")
     prober = Prober(port, timeout, ca_pem=ca_pem)
-    if current and (check(Candidate(current)) if check else probe(current, port, timeout, ca_pem=ca_pem)):
-        return Endpoint(Candidate(current), [], ca_pem)
+    if liveness not in ("ping", "connect"):
+        raise ValueError(f"liveness must be 'ping' or 'connect' (got {liveness!r})")
+    if current:
+        if check is not None:
+            alive = check(Candidate(current))
+        elif liveness == "connect":
+            alive = _connects(current, port, timeout)
+        else:
+            alive = probe(current, port, timeout, ca_pem=ca_pem)
+        if alive:
+            return Endpoint(Candidate(current), [], ca_pem)
     if callable(ident):
         ident = ident()
     me: Identity = ident

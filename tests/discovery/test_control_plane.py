@@ -231,3 +231,22 @@ def test_a_joiner_waits_for_the_secure_token(cfg, k3s_like) -> None:
         healthy_endpoint(ident(), short, token=lambda: parse("short-token"), require_secure=True,
                          sleep=lambda s: None)
     assert exc.value.waiting_for_token and "never published" in str(exc.value)
+
+
+def test_connect_liveness_keeps_a_listening_current_endpoint(cfg) -> None:
+    import socket
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.53", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    c = cfg(f"discovery:\n  addresses: [127.0.0.54]\n  api_port: {port}\n  attempts: 1\n")
+    try:
+        got = healthy_endpoint(ident(), c, current="127.0.0.53", liveness="connect")
+        assert got.chosen.ip == "127.0.0.53"
+        with pytest.raises(NoControlPlaneError):  # the full probe of a TCP-only listener fails
+            healthy_endpoint(ident(), c, current="127.0.0.53")
+    finally:
+        srv.close()
+    with pytest.raises(NoControlPlaneError):  # nothing listens now: look up, none healthy
+        healthy_endpoint(ident(), c, current="127.0.0.53", liveness="connect")
