@@ -36,12 +36,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from herd_agent.config.loader import Config
 from herd_agent.discovery.identity import Identity
 from herd_agent.errors import ExitCode, HerdError
-from herd_agent.k3s.tokens import JoinToken, ca_matches
+
+if TYPE_CHECKING:  # the resident watcher imports this module: keep its import light
+    from herd_agent.k3s.tokens import JoinToken
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +208,8 @@ class Prober:
 
     def __call__(self, cand: Candidate) -> bool:  # noqa: D102
         if self.token is not None and self.token.secure:
+            from herd_agent.k3s.tokens import ca_matches
+
             served = fetch_ca(cand.ip, self.port, self.timeout_s)
             if served is None:
                 return False
