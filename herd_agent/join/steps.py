@@ -154,7 +154,9 @@ class Tokens:
     def run(self, ctx: JoinContext) -> None:  # noqa: D102
         store = _tokens(ctx)
         if ctx.state.founder:
-            replace = (ctx.state.founder_epoch or 1) > 1
+            # Taking over from a failed founder: fresh tokens, once. A resumed founder (its token
+            # file written) keeps the ones its k3s may already have bootstrapped with.
+            replace = (ctx.state.founder_epoch or 1) > 1 and not ctx.root.exists(TOKEN_FILE)
             for kind, path in ((token_mod.SERVER, TOKEN_FILE), (token_mod.AGENT, AGENT_TOKEN_FILE)):
                 value = ctx.act(f"{'ssm:PutParameter' if store.source == 'ssm' else 'secretsmanager:CreateSecret'} "
                                 f"{store.name(kind)} (create the {kind} token"

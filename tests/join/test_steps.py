@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import boto3
-from botocore.stub import Stubber
+from botocore.stub import ANY, Stubber
 
 from herd_agent.config import load_config
 from herd_agent.discovery.identity import Identity
@@ -89,3 +89,27 @@ def test_a_founder_does_not_heal_to_another_control_plane(tmp_path: Path) -> Non
     ctx = context(tmp_path, healthy=lambda c: False, state=state)
     steps.WaitReady.heal(ctx)  # a strict runner with nothing planned: any command would fail
     assert not ctx.root.exists("/var/lib/herd-agent/join.json")
+
+
+def test_a_takeover_founder_replaces_the_tokens_once(tmp_path: Path) -> None:
+    ssm = stubbed_ssm()
+    state = JoinState(WORKER.instance_id, "blue", "control-plane", founder=True, founder_epoch=2,
+                      endpoint_ip="10.0.1.9")
+    ctx = context(tmp_path, ssm=ssm, state=state)
+    ctx.ident = Identity(WORKER.instance_id, "us-east-1", "us-east-1a", "10.0.1.9", "m6i.large", None, "blue",
+                         "control-plane")
+    with Stubber(ssm) as stub:
+        for name in ("/herd/blue/token", "/herd/blue/k3s-agent-token"):  # overwritten, not read first
+            stub.add_response("put_parameter", {"Version": 2}, {"Name": name, "Value": ANY, "Type": "SecureString",
+                                                                "Overwrite": True, "Description": ANY})
+        steps.Tokens().run(ctx)
+        stub.assert_no_pending_responses()
+    first = ctx.root.read_text("/var/lib/herd-agent/token")
+    # Resumed (its token file is there): the stored tokens are read back, nothing is overwritten.
+    with Stubber(ssm) as stub:
+        for name, value in (("/herd/blue/token", first.strip()), ("/herd/blue/k3s-agent-token", "agent-x")):
+            stub.add_response("get_parameter", {"Parameter": {"Name": name, "Value": value, "Type": "SecureString"}},
+                              {"Name": name, "WithDecryption": True})
+        steps.Tokens().run(ctx)
+        stub.assert_no_pending_responses()
+    assert ctx.root.read_text("/var/lib/herd-agent/token") == first
