@@ -250,3 +250,32 @@ def test_connect_liveness_keeps_a_listening_current_endpoint(cfg) -> None:
         srv.close()
     with pytest.raises(NoControlPlaneError):  # nothing listens now: look up, none healthy
         healthy_endpoint(ident(), c, current="127.0.0.53", liveness="connect")
+
+
+@pytest.mark.parametrize(("mac", "vpc", "expected"), [
+    ("0a:1b:2c:3d:4e:5f", "vpc-0abc123", "vpc-0abc123"),
+    (None, None, ""),  # IMDS without the path: discovery is not scoped (tags only)
+    ("0a:1b:2c:3d:4e:5f", None, ""),
+    ("not a mac\n", "vpc-1", 65),
+    ("0a:1b:2c:3d:4e:5f", "vpc-1\n127.0.0.1 evil", 65),
+])
+def test_vpc_id_from_imds_is_validated(mac, vpc, expected) -> None:
+    from herd_agent.discovery.identity import _vpc_id
+    from herd_agent.errors import HerdError
+
+    class StrictImds:
+        """Answers exactly the two paths discovery's scope reads; anything else fails."""
+
+        def get(self, path: str, *, optional: bool = False) -> str | None:
+            assert optional
+            if path == "/latest/meta-data/mac":
+                return mac
+            assert mac and path == f"/latest/meta-data/network/interfaces/macs/{mac.strip().lower()}/vpc-id", path
+            return vpc
+
+    if expected == 65:
+        with pytest.raises(HerdError) as exc:
+            _vpc_id(StrictImds())  # type: ignore[arg-type]
+        assert exc.value.exit_code == ExitCode.DATA
+    else:
+        assert _vpc_id(StrictImds()) == expected  # type: ignore[arg-type]
