@@ -27,6 +27,8 @@ class ExitCode(IntEnum):
     CONFIG = 78  # EX_CONFIG: invalid configuration
     COMMAND = 80  # a subprocess failed or timed out
     TIMEOUT = 81  # a bounded wait ran out
+    CA_MISMATCH = 82  # a control plane's CA does not match the secure join token's hash (rogue or foreign)
+    SUPERSEDED = 83  # this founder's claim was taken over by a later founder epoch (fenced out)
 
 
 class HerdError(Exception):

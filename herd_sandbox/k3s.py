@@ -6,9 +6,15 @@ fails the way k3s fails:
 
 - config: ``/etc/rancher/k3s/config.yaml`` then ``config.yaml.d/*.yaml`` (lexical; a key ending
   in ``+`` appends to a list), under the instance's root (``HERD_AGENT_ROOT``);
-- token: ``token-file`` (or ``token``); the cluster's token is fixed by the first server (a hash in
-  the Secret ``kube-system/k3s-sandbox-token``); a different token is refused, as k3s refuses to
-  decrypt the bootstrap data;
+- tokens, as docs.k3s.io/cli/token describes them: ``token-file`` (or ``token``) and, on servers,
+  ``agent-token-file``. The first server fixes the server and agent passwords (hashes in the Secret
+  ``kube-system/k3s-sandbox-token``) and the cluster's server CA (``k3s-sandbox-server-ca``); a
+  different server password is refused, as k3s refuses to decrypt the bootstrap data. A secure
+  token (``K10<sha256 of the CA PEM>::<user>:<password>``) makes the joiner fetch ``/cacerts``
+  unverified, hash it and compare before sending anything: a mismatch is fatal. ``server:``
+  credentials join servers and agents, ``node:`` (agent token) credentials join agents only. A
+  running server writes ``server/token`` and ``server/agent-token`` in secure format and the CA to
+  ``server/tls/server-ca.crt``; an agent writes the CA it verified to ``agent/server-ca.crt``;
 - ``server:``: the name is resolved through the instance's ``/etc/hosts`` (as the system resolver
   would) and probed (``GET /ping``) until it answers — so a wrong hosts block keeps the node out;
 - ``datastore-endpoint``: the etcd must answer ``/version``; the server registers itself under
@@ -17,7 +23,8 @@ fails the way k3s fails:
 - node password: like k3s (issue 6054), a per-instance password in ``/etc/rancher/node/password``
   is checked against the Secret ``kube-system/<node>.node-password.k3s``; a reused node name with
   another password is rejected until the old Node (and so its secret) is deleted;
-- servers answer ``GET /ping`` with ``pong`` over TLS on ``<node-ip>:6443``;
+- servers answer ``GET /ping`` with ``pong`` and ``GET /cacerts`` with the cluster CA over TLS on
+  ``<node-ip>:6443`` (a certificate signed by the cluster's server CA);
 - the Node is registered with the labels from ``node-label`` (+ role labels on servers), its
   InternalIP ``node-ip``, and Ready; servers write ``/etc/rancher/k3s/k3s.yaml`` and agents
   ``/var/lib/rancher/k3s/agent/kubelet.kubeconfig`` (both the emulator's admin credentials: the
@@ -61,6 +68,11 @@ from herd_sandbox.verify import EtcdGateway, EtcdGatewayError, GatewayMember, in
 
 READY_LINE = "k3s is up and running"
 TOKEN_SECRET = "k3s-sandbox-token"
+SERVER_CA_SECRET = "k3s-sandbox-server-ca"
+SERVER_TOKEN_FILE = "/var/lib/rancher/k3s/server/token"
+AGENT_TOKEN_FILE = "/var/lib/rancher/k3s/server/agent-token"
+SERVER_CA_FILE = "/var/lib/rancher/k3s/server/tls/server-ca.crt"
+AGENT_CA_FILE = "/var/lib/rancher/k3s/agent/server-ca.crt"
 PASSWORD_FILE = "/etc/rancher/node/password"
 K3S_VERSION = "v1.32.5+k3s1"
 ETCD_CA_SECRET = "k3s-sandbox-etcd-ca"
@@ -160,6 +172,12 @@ def _secret(name: str, value: str) -> dict[str, Any]:
             "type": "Opaque", "data": {"hash": base64.b64encode(value.encode()).decode()}}
 
 
+def _token_secret(server_hash: str, agent_hash: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": TOKEN_SECRET, "namespace": "kube-system"},
+            "type": "Opaque", "data": {"server": base64.b64encode(server_hash.encode()).decode(),
+                                       "agent": base64.b64encode(agent_hash.encode()).decode()}}
+
+
 def _secret_hash(obj: dict[str, Any]) -> str:
     return base64.b64decode(obj["data"]["hash"]).decode()
 
@@ -200,24 +218,27 @@ def node_manifest(name: str, ip: str, labels: dict[str, str], server: bool,
 
 
 class PingServer:
-    """``GET /ping`` → ``pong`` over TLS on ``ip:port`` (k3s' supervisor health endpoint)."""
+    """``GET /ping`` → ``pong`` and ``GET /cacerts`` → the CA PEM, over TLS on ``ip:port`` (k3s'
+    supervisor endpoints). The serving certificate is signed by ``ca``; without one, a fresh CA of
+    its own (a server of another cluster, or a rogue)."""
 
-    def __init__(self, ip: str, port: int, workdir: Path) -> None:
-        from herd_sandbox.kube.pki import CertificateAuthority
-
-        pair = CertificateAuthority("k3s-sandbox-server-ca").serving(ip)
+    def __init__(self, ip: str, port: int, workdir: Path, ca: ClusterCa | None = None) -> None:
+        self.ca = ca or ClusterCa.new("k3s-server-ca")
+        self.ca_pem = self.ca.cert_pem
+        cert_pem, key_pem = self.ca.issue("k3s", [ip], ["kubernetes", "localhost"])
         cert, key = workdir / "serving.crt", workdir / "serving.key"
-        cert.write_bytes(pair.cert_pem)
+        cert.write_bytes(cert_pem)
         key.touch(mode=0o600)
-        key.write_bytes(pair.key_pem)
+        key.write_bytes(key_pem)
+        ca_pem = self.ca_pem
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
-                ok = self.path == "/ping"
-                self.send_response(200 if ok else 404)
+                body = {"/ping": b"pong", "/cacerts": ca_pem}.get(self.path)
+                self.send_response(200 if body is not None else 404)
                 self.send_header("Content-Type", "text/plain")
                 self.end_headers()
-                self.wfile.write(b"pong" if ok else b"not found")
+                self.wfile.write(body if body is not None else b"not found")
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -236,12 +257,59 @@ class PingServer:
         self.server.server_close()
 
 
-def _probe(url: str, timeout: float = 2.0) -> bool:
+def _probe(url: str, timeout: float = 2.0, verify: str | bool = False) -> bool:
     try:
-        r = requests.get(url, timeout=timeout, verify=False)  # noqa: S501 - a reachability probe, like k3s' own
+        r = requests.get(url, timeout=timeout, verify=verify)  # noqa: S501 - unverified only before a CA is known
     except requests.RequestException:
         return False
     return r.status_code == 200 and r.text.strip() == "pong"
+
+
+def _cacerts(addr: str, port: int, timeout: float = 2.0) -> bytes | None:
+    """``GET /cacerts`` without verification, as a k3s joiner does before it knows the CA."""
+    try:
+        r = requests.get(f"https://{addr}:{port}/cacerts", timeout=timeout, verify=False)  # noqa: S501
+    except requests.RequestException:
+        return None
+    return r.content if r.status_code == 200 else None
+
+
+def parse_token(text: str) -> tuple[str | None, str | None, str]:
+    """``(ca_hash, user, password)`` of a k3s token, written from docs.k3s.io/cli/token: secure
+    ``K10<hash>::<user>:<password>``, or short ``<password>`` (hash and user None)."""
+    value = text.strip()
+    ca_hash = None
+    if value.startswith("K10") and "::" in value:
+        ca_hash, value = value[3:].split("::", 1)
+    user, sep, password = value.partition(":")
+    if ca_hash is not None and sep:
+        return ca_hash, user, password
+    return ca_hash, None, value
+
+
+def secure_token(ca_pem: bytes, user: str, password: str) -> str:
+    """The secure format k3s writes: ``K10`` + sha256 hex of the CA PEM + ``::user:password``."""
+    return f"K10{hashlib.sha256(ca_pem).hexdigest()}::{user}:{password}"
+
+
+def server_ca(api: Api, create: bool) -> ClusterCa | None:
+    """The cluster's server CA (Secret ``kube-system/k3s-sandbox-server-ca``); the first server makes it."""
+    path = f"/api/v1/namespaces/kube-system/secrets/{SERVER_CA_SECRET}"
+    for _ in range(2):
+        found = api.get(path)
+        if found is not None:
+            data = {k: base64.b64decode(v) for k, v in found["data"].items()}
+            return ClusterCa(data["ca.crt"], data["ca.key"])
+        if not create:
+            return None
+        ca = ClusterCa.new("k3s-server-ca")
+        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": SERVER_CA_SECRET, "namespace": "kube-system"},
+                "data": {"ca.crt": base64.b64encode(ca.cert_pem).decode(),
+                         "ca.key": base64.b64encode(ca.key_pem).decode()}}
+        if api.create("/api/v1/namespaces/kube-system/secrets", body) != 409:
+            return ca
+    return None
 
 
 class ClusterCa:
@@ -602,32 +670,65 @@ def run(role: str, root: HostRoot, api: Api, *, wait_s: float = 120.0, stop: thr
         return 1
     deadline = time.monotonic() + wait_s
     founding = server and (conf.get("cluster-init") or conf.get("datastore-endpoint"))
-    # The cluster token: the first server fixes it; everyone else must present the same.
+    ca_hash, user, token_password = parse_token(token)
+    agent_password: str | None = None
+    if server and conf.get("agent-token-file"):
+        agent_text = root.read_text(str(conf["agent-token-file"]), default="").strip()
+        agent_password = parse_token(agent_text)[2] if agent_text else None
+    if server and user == "node":
+        print("level=fatal msg=\"failed to validate token: an agent token (node:) cannot join a server; "
+              "use the server token\"", flush=True)
+        return 1
+    # Joining through a server: resolve it; with a secure token, check the CA before sending anything.
+    addr: str | None = None
+    if conf.get("server") and not conf.get("datastore-endpoint"):
+        url = urlsplit(str(conf["server"]))
+        port = url.port or 6443
+        verify: str | bool = False
+        while True:
+            addr = url.hostname if url.hostname and url.hostname[0].isdigit() else resolve(root, url.hostname or "")
+            if addr and ca_hash:
+                served = _cacerts(addr, port)
+                if served is not None and hashlib.sha256(served).hexdigest() != ca_hash:
+                    print(f"level=fatal msg=\"token CA hash does not match the Cluster CA certificate hash "
+                          f"(server {addr})\"", flush=True)
+                    return 1
+                if served is not None:
+                    ca_file = Path(tempfile.mkdtemp(prefix="k3s-sandbox-ca-")) / "ca.crt"
+                    ca_file.write_bytes(served)
+                    verify = str(ca_file)
+            if addr and (verify or not ca_hash) and _probe(f"https://{addr}:{port}/ping", verify=verify):
+                break
+            print(f"level=info msg=\"Waiting to connect to server {conf['server']} (resolved: {addr})\"", flush=True)
+            if time.monotonic() > deadline or stop.wait(0.5):
+                return 1
+    # The cluster's passwords: the first server fixes them; everyone else must present one of them.
     while True:
         existing = api.get(f"/api/v1/namespaces/kube-system/secrets/{TOKEN_SECRET}")
         if existing is None and founding:
-            api.create("/api/v1/namespaces/kube-system/secrets", _secret(TOKEN_SECRET, _hash(token)))
+            api.create("/api/v1/namespaces/kube-system/secrets",
+                       _token_secret(_hash(token_password), _hash(agent_password or token_password)))
             continue
         if existing is not None:
-            if _secret_hash(existing) != _hash(token):
+            hashes = {k: base64.b64decode(v).decode() for k, v in existing["data"].items()}
+            allowed = [hashes["server"]] if server else [hashes["server"], hashes["agent"]]
+            if _hash(token_password) not in allowed:
                 print("level=fatal msg=\"starting kubernetes: bootstrap data already found and encrypted with "
-                      "different token\"", flush=True)
+                      "different token\"" if server else
+                      "level=fatal msg=\"failed to get CA certs: 401 Unauthorized (token rejected)\"", flush=True)
                 return 1
             break
         if time.monotonic() > deadline or stop.is_set():
             print("level=fatal msg=\"no cluster token found: is the server up?\"", flush=True)
             return 1
         stop.wait(0.2)
-    addr: str | None = None
-    if conf.get("server") and not conf.get("datastore-endpoint"):
-        url = urlsplit(str(conf["server"]))
-        while True:
-            addr = url.hostname if url.hostname and url.hostname[0].isdigit() else resolve(root, url.hostname or "")
-            if addr and _probe(f"https://{addr}:{url.port or 6443}/ping"):
-                break
-            print(f"level=info msg=\"Waiting to connect to server {conf['server']} (resolved: {addr})\"", flush=True)
-            if time.monotonic() > deadline or stop.wait(0.5):
-                return 1
+    while (cluster_ca := server_ca(api, create=bool(founding))) is None:
+        if time.monotonic() > deadline or stop.wait(0.2):
+            print("level=fatal msg=\"no cluster CA found: is the server up?\"", flush=True)
+            return 1
+    if ca_hash and hashlib.sha256(cluster_ca.cert_pem).hexdigest() != ca_hash:
+        print("level=fatal msg=\"token CA hash does not match the Cluster CA certificate hash\"", flush=True)
+        return 1
     # Embedded etcd: a server founding with cluster-init, or joining a server without a datastore.
     etcd: EmbeddedEtcd | None = None
     if server and not conf.get("datastore-endpoint") and (conf.get("cluster-init") or conf.get("server")):
@@ -684,7 +785,7 @@ def run(role: str, root: HostRoot, api: Api, *, wait_s: float = 120.0, stop: thr
         if etcd:
             etcd.stop()
         return 1
-    ping = PingServer(ip, 6443, Path(tempfile.mkdtemp(prefix="k3s-sandbox-"))) if server else None
+    ping = PingServer(ip, 6443, Path(tempfile.mkdtemp(prefix="k3s-sandbox-")), ca=cluster_ca) if server else None
     labels = dict(item.split("=", 1) for item in conf.get("node-label") or [] if "=" in item)
     node = node_manifest(name, ip, labels, server, etcd_member=etcd.member_name() if etcd else None)
     if api.create("/api/v1/nodes", node) == 409:
@@ -694,8 +795,14 @@ def run(role: str, root: HostRoot, api: Api, *, wait_s: float = 120.0, stop: thr
             api.patch(f"/api/v1/nodes/{name}", {"metadata": {k: meta[k] for k in ("labels", "annotations",
                                                                                    "finalizers")}})
     if server:
+        # What a running k3s server writes: its CA and both tokens in secure format.
+        root.write(SERVER_CA_FILE, cluster_ca.cert_pem, mode=0o644)
+        root.write(SERVER_TOKEN_FILE, secure_token(cluster_ca.cert_pem, "server", token_password) + "\n", mode=0o600)
+        root.write(AGENT_TOKEN_FILE, secure_token(cluster_ca.cert_pem, "node", agent_password or token_password) + "\n",
+                   mode=0o600)
         root.write("/etc/rancher/k3s/k3s.yaml", api.kubeconfig_text, mode=0o600)
     else:
+        root.write(AGENT_CA_FILE, cluster_ca.cert_pem, mode=0o644)
         root.write("/var/lib/rancher/k3s/agent/kubelet.kubeconfig", api.kubeconfig_text, mode=0o600)
     controller = None
     if etcd:

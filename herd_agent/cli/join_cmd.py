@@ -17,9 +17,10 @@ def join(obj: object, phase: str) -> None:
     """Join this instance to its cluster and complete the launch lifecycle hook.
 
     \b
-    identity (IMDSv2) → control-plane discovery (EC2 tags) and the founder decision →
-    /etc/hosts → kernel drop-ins → join token → etcd (control planes, external mode) →
-    k3s config → start k3s → Node Ready → CompleteLifecycleAction CONTINUE.
+    identity (IMDSv2) → control-plane discovery (EC2 tags, VPC, CA checked against the secure
+    token) and the founder decision → /etc/hosts → kernel drop-ins → join tokens → etcd (control
+    planes, external mode) → k3s config → start k3s → Node Ready → publish the secure tokens
+    (founder) → CompleteLifecycleAction CONTINUE.
     Every step is idempotent; a re-run on a joined node changes nothing. A definite failure
     completes the hook with join.failure_result (ABANDON) and exits with the step's code.
     """
@@ -79,22 +80,28 @@ def hosts_sync(obj: object) -> None:
     """Point the control-plane endpoint name at a healthy control plane.
 
     \b
-    Joined nodes keep the recorded control plane while it answers the probe (no EC2 call);
-    otherwise the control planes are looked up by tag and probed. Writes only on change.
+    Joined nodes keep the recorded control plane while it answers the probe (verified against
+    the pinned cluster CA; no EC2 call); otherwise the control planes are looked up by tag and
+    probed. Writes only on change.
     """
     from herd_agent.discovery import control_plane
     from herd_agent.discovery.identity import read_identity
     from herd_agent.discovery.imds import ImdsClient
-    from herd_agent.join import hosts, k3s_config
+    from herd_agent.host import hosts
     from herd_agent.join.state import load_state
+    from herd_agent.join.token import AGENT, SERVER, TokenStore
+    from herd_agent.k3s.config import endpoint_name
 
     cfg = prepare(obj)
     root = obj.root  # type: ignore[attr-defined]
     ident = read_identity(ImdsClient.from_config(cfg), cfg)
     state = load_state(root)
-    port, timeout = cfg.get("discovery.api_port"), cfg.get("discovery.health_timeout_s")
-    ip = state.endpoint_ip if state and state.instance_id == ident.instance_id else None
-    if ip is None or not control_plane.probe(ip, port, timeout):
-        ip = control_plane.discover(ident, cfg).ip
-    changed = hosts.sync(root, {k3s_config.endpoint_name(cfg, ident): ip})
-    click.echo(f"{k3s_config.endpoint_name(cfg, ident)} -> {ip}" + (" (written)" if changed else " (unchanged)"))
+    current = state.endpoint_ip if state and state.instance_id == ident.instance_id else None
+    ca = control_plane.pinned_ca(root)
+    store = TokenStore(cfg, ident)
+    kind = SERVER if ident.is_control_plane else AGENT
+    ip = control_plane.healthy_endpoint(ident, cfg, current=current, ca_pem=ca, require_secure=ca is not None,
+                                        token=lambda: store.read(kind)).chosen.ip
+    name = endpoint_name(cfg, ident)
+    changed = hosts.sync(root, {name: ip})
+    click.echo(f"{name} -> {ip}" + (" (written)" if changed else " (unchanged)"))

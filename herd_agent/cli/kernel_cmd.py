@@ -22,7 +22,7 @@ def apply_cmd(obj: object) -> None:
     Idempotent: a second run writes nothing and runs nothing. Exits 71 when a sysctl does not
     hold after applying it (drift) or has no /proc/sys entry; the lines say which.
     """
-    from herd_agent.join import kernel as kernel_step
+    from herd_agent.host import kernel as kernel_step
 
     cfg = prepare(obj)
     report = kernel_step.apply(obj.root, cfg)  # type: ignore[attr-defined]

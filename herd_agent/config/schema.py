@@ -172,13 +172,25 @@ SCHEMA = Schema(
         # join token
         Opt("token.source", "str", "ssm", "Where the k3s join token lives.", choices=("ssm", "secretsmanager")),
         Opt("token.name", "str", "/herd/{cluster}/token",
-            "SSM parameter name or Secrets Manager secret id of the token.", pattern=_SSM_NAME),
+            "SSM parameter name or Secrets Manager secret id of the k3s SERVER token (control planes only "
+            "read it; it amounts to cluster admin). token.server_name, when set, takes its place.",
+            pattern=_SSM_NAME),
+        Opt("token.server_name", "str", None,
+            "SSM parameter / Secrets Manager id of the k3s server token; unset: token.name.",
+            nullable=True, pattern=_SSM_NAME),
+        Opt("token.agent_name", "str", "/herd/{cluster}/k3s-agent-token",
+            "SSM parameter / Secrets Manager id of the k3s AGENT token: the only token workers read.",
+            pattern=_SSM_NAME),
         # founder decision
         Opt("founder.parameter", "str", "/herd/{cluster}/founder",
-            "SSM parameter prefix for the founder record; the incarnation is appended.", pattern=_SSM_NAME),
+            "SSM parameter prefix of the founder claims; the epoch number is appended (docs/join.md).",
+            pattern=_SSM_NAME),
         Opt("founder.incarnation_tag", "str", None,
-            "Instance tag whose value names the cluster incarnation (e.g. aws:cloudformation:stack-id); "
-            "unset: the control-plane ASG's ARN id.", nullable=True, pattern=_TAG_KEY),
+            "Deprecated and ignored: founder claims are epochs now, and a recreated cluster takes over the "
+            "stale claim of its predecessor (docs/join.md).", nullable=True, pattern=_TAG_KEY),
+        Opt("founder.stale_after_s", "int", 1800,
+            "A founder claim whose cluster never came up is stale after this long, seconds (must exceed "
+            "join.ready_timeout_s: a live founder gives up first).", min=120, max=86400),
         # etcd
         Opt("etcd.mode", "str", "embedded", "embedded: k3s' own etcd (TLS); external: agent-run stacked etcd.",
             choices=("embedded", "external")),

@@ -132,6 +132,9 @@ class Identity:
         tags: every instance tag read.
         tags_source: ``imds`` or ``ec2:DescribeTags``.
         local_hostname: IMDS ``meta-data/local-hostname`` ("" when IMDS has none).
+        vpc_id: the VPC of the primary interface, IMDS
+            ``meta-data/network/interfaces/macs/<mac>/vpc-id`` ("" when IMDS has none); scopes
+            control-plane discovery.
     """
 
     instance_id: str
@@ -145,6 +148,7 @@ class Identity:
     tags: dict[str, str] = field(default_factory=dict, compare=False)
     tags_source: str = "imds"
     local_hostname: str = ""
+    vpc_id: str = ""
 
     @property
     def is_control_plane(self) -> bool:
@@ -242,4 +246,26 @@ def read_identity(imds: ImdsClient, cfg: Config) -> Identity:
         tags=tags,
         tags_source=source,
         local_hostname=local_hostname,
+        vpc_id=_vpc_id(imds),
     )
+
+
+_MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+_VPC_RE = re.compile(r"vpc-[0-9a-f]{1,32}")
+
+
+def _vpc_id(imds: ImdsClient) -> str:
+    """The primary interface's VPC id from IMDS, validated; "" when IMDS serves none.
+
+    Raises:
+        HerdError: IMDS answered with something that is not a MAC or a VPC id (exit 65).
+    """
+    mac = (imds.get("/latest/meta-data/mac", optional=True) or "").strip().lower()
+    if not mac:
+        return ""
+    if not _MAC_RE.fullmatch(mac):
+        raise HerdError("IMDS meta-data/mac is not a MAC address", exit_code=ExitCode.DATA)
+    vpc = (imds.get(f"/latest/meta-data/network/interfaces/macs/{mac}/vpc-id", optional=True) or "").strip()
+    if vpc and not _VPC_RE.fullmatch(vpc):
+        raise HerdError(f"IMDS meta-data/network/interfaces/macs/{mac}/vpc-id is not a VPC id", exit_code=ExitCode.DATA)
+    return vpc

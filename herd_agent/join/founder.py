@@ -1,15 +1,33 @@
-"""Who founds a new cluster: one atomic conditional write, keyed by cluster and incarnation.
+"""Who founds a new cluster: founder claims keyed by an epoch number, taken over when stale.
 
-Two founders would mean two clusters and lost data, so the decision is an SSM ``PutParameter``
-with ``Overwrite=False`` on ``<founder.parameter>/<incarnation>``: exactly one writer succeeds
-(the others get ``ParameterAlreadyExists``). The record holds the founder's instance id and IP.
+Two founders would mean two clusters and lost data. A claim is the SSM parameter
+``<founder.parameter>/<epoch>`` (``/herd/<cluster>/founder/1``, ``/2``, …), holding the claimant's
+instance id, IP and time as JSON. Epochs only grow.
 
-The incarnation keeps a recreated cluster of the same name from being blocked by an old record:
-by default it is the id in the control-plane Auto Scaling group's ARN
-(``arn:aws:autoscaling:…:autoScalingGroup:<id>:autoScalingGroupName/<name>``), which is new every
-time the group is created, even under the same name. All control planes of a cluster must then be
-in one group; with several, set ``founder.incarnation_tag`` to a tag they share (e.g.
-``aws:cloudformation:stack-id``). See docs/join.md.
+**Claiming** (only by a control plane that found no healthy control plane):
+
+1. Read the latest claim (``GetParametersByPath`` on the prefix; the highest integer name wins).
+2. None, or the latest is **stale** → ``PutParameter <prefix>/<latest+1>`` with ``Overwrite=False``:
+   SSM creates a name atomically, so exactly one claimant gets each epoch; the others get
+   ``ParameterAlreadyExists`` and wait for that founder as joiners.
+3. The latest is live → no claim: wait for its founder as a joiner.
+
+A claim is **stale** when (checked in this order, each from AWS, never guessed):
+
+- its founder released it (``"released": true``: the founder's join failed, it stopped k3s and
+  wrote so before completing its launch hook with ABANDON);
+- ``ec2:DescribeInstances`` says its instance does not exist, or is ``shutting-down``,
+  ``terminated``, ``stopping`` or ``stopped``;
+- ``autoscaling:DescribeAutoScalingInstances`` gives it a ``Terminat*`` lifecycle state
+  (``Terminating``, ``Terminating:Wait``, ``Terminating:Proceed``, ``Terminated``: an ABANDONed
+  launch goes there) or health ``UNHEALTHY``;
+- it is older than ``max(founder.stale_after_s, join.ready_timeout_s + 60)`` seconds (the cluster
+  never came up: a claimant only looks at claims when no control plane answers). A live founder
+  gives up on its own Ready wait first, so it is not overtaken while still trying.
+
+**Fencing**: a founder checks, before it publishes the cluster's secure tokens, that its epoch is
+still the latest (:meth:`FounderClaims.still_current`); a superseded founder stops (exit 83).
+A recreated cluster of the same name takes over its predecessor's claim (its founder is gone).
 """
 
 from __future__ import annotations
@@ -17,6 +35,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from herd_agent.config.loader import Config
 from herd_agent.discovery.identity import Identity
@@ -24,71 +45,170 @@ from herd_agent.errors import ExitCode, HerdError
 
 log = logging.getLogger(__name__)
 
+GONE_EC2_STATES = ("shutting-down", "terminated", "stopping", "stopped")
 
-def incarnation(cfg: Config, ident: Identity) -> str:
-    """The cluster incarnation id (see module docstring).
 
-    Raises:
-        HerdError: no incarnation tag and no Auto Scaling group (exit 65).
-        AwsError: DescribeAutoScalingGroups refused or failed.
+class SupersededError(HerdError):
+    """This founder's epoch was taken over by a later one (exit 83)."""
+
+    exit_code = ExitCode.SUPERSEDED
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One founder claim: ``epoch`` and who made it when (``time``: Unix seconds)."""
+
+    epoch: int
+    instance_id: str
+    ip: str
+    time: float
+    released: bool = False
+
+    def to_json(self) -> str:  # noqa: D102
+        return json.dumps({k: v for k, v in asdict(self).items() if k != "epoch"})
+
+
+class FounderClaims:
+    """The founder claims of one cluster.
+
+    Args:
+        cfg: effective config (``founder.*``, ``join.ready_timeout_s``).
+        ident: this instance.
+        ssm, ec2, autoscaling: boto3 clients (tests: Stubber-wrapped); default ``aws.client``.
+        clock: Unix time source, seconds.
     """
-    tag = cfg.get("founder.incarnation_tag")
-    if tag:
-        value = ident.tags.get(tag)
-        if not value:
-            raise HerdError(f"founder.incarnation_tag {tag!r} is not on this instance: tag it, or unset the key",
-                            exit_code=ExitCode.DATA)
-        return value.rsplit("/", 1)[-1] if value.startswith("arn:") else value
-    if not ident.asg_name:
-        raise HerdError("this control plane was not launched by an Auto Scaling group, so the cluster incarnation "
-                        "is unknown: set founder.incarnation_tag", exit_code=ExitCode.DATA)
-    from herd_agent import aws
 
-    groups = aws.call(aws.client("autoscaling", ident.region), "DescribeAutoScalingGroups",
-                      AutoScalingGroupNames=[ident.asg_name])["AutoScalingGroups"]
-    if not groups:
-        raise HerdError(f"Auto Scaling group {ident.asg_name!r} not found", exit_code=ExitCode.DATA)
-    arn = groups[0]["AutoScalingGroupARN"]
-    return arn.split(":autoScalingGroup:", 1)[1].split(":", 1)[0]
+    def __init__(self, cfg: Config, ident: Identity, *, ssm: Any = None, ec2: Any = None, autoscaling: Any = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        from herd_agent import aws
 
+        self.cfg, self.ident, self.clock = cfg, ident, clock
+        self.ssm = ssm or aws.client("ssm", ident.region)
+        self._ec2, self._asg = ec2, autoscaling
+        self.prefix = cfg.expand("founder.parameter", cluster=ident.cluster).rstrip("/")
 
-def record_name(cfg: Config, ident: Identity, incarnation_id: str) -> str:
-    """``/herd/<cluster>/founder/<incarnation>``."""
-    return f"{cfg.expand('founder.parameter', cluster=ident.cluster).rstrip('/')}/{incarnation_id}"
+    def record_name(self, epoch: int) -> str:
+        """``<founder.parameter>/<epoch>``."""
+        return f"{self.prefix}/{epoch}"
 
+    def founder_of(self) -> Claim | None:
+        """The latest claim (the highest epoch), or None when there is none.
 
-def claim(cfg: Config, ident: Identity, incarnation_id: str) -> bool:
-    """Try to become the founder; True for exactly one caller per cluster incarnation.
+        Raises:
+            AwsError: GetParametersByPath refused or failed.
+        """
+        from herd_agent import aws
 
-    Raises:
-        AwsError: the write was refused or failed for another reason than "already exists".
-    """
-    from herd_agent import aws
+        latest: Claim | None = None
+        kwargs: dict[str, Any] = {"Path": self.prefix, "Recursive": False, "MaxResults": 10}
+        while True:
+            page = aws.call(self.ssm, "GetParametersByPath", **kwargs)
+            for p in page.get("Parameters", []):
+                leaf = str(p.get("Name", "")).rsplit("/", 1)[-1]
+                if not leaf.isdigit():
+                    continue  # e.g. a record of the older incarnation scheme: never a live claim
+                epoch = int(leaf)
+                if latest is not None and epoch <= latest.epoch:
+                    continue
+                try:
+                    doc = json.loads(p["Value"])
+                    latest = Claim(epoch, str(doc["instance_id"]), str(doc.get("ip", "")), float(doc["time"]),
+                                   bool(doc.get("released", False)))
+                except (KeyError, TypeError, ValueError):
+                    latest = Claim(epoch, "", "", 0.0)  # unreadable: judged by age alone (age 0 → stale)
+            token = page.get("NextToken")
+            if not token:
+                return latest
+            kwargs["NextToken"] = token
 
-    name = record_name(cfg, ident, incarnation_id)
-    value = json.dumps({"instance_id": ident.instance_id, "ip": ident.private_ip, "time": int(time.time())})
-    ssm = aws.client("ssm", ident.region)
-    try:
-        aws.call(ssm, "PutParameter", Name=name, Value=value, Type="String", Overwrite=False,
-                 Description=f"founder of cluster {ident.cluster} (herd-agent)")
-    except aws.AwsError as exc:
-        if exc.code != "ParameterAlreadyExists":
-            raise
-        log.info("founder record %s exists: another control plane founded this cluster", name)
-        return False
-    log.info("founder record %s written: this instance founds cluster %s", name, ident.cluster)
-    return True
+    def stale(self, claim: Claim) -> str | None:
+        """Why ``claim`` is stale (the module docstring's rules), or None while it is live.
 
+        Raises:
+            AwsError: a lookup was refused (AccessDenied names the action).
+        """
+        from herd_agent import aws
 
-def founder_of(cfg: Config, ident: Identity, incarnation_id: str) -> dict[str, object] | None:
-    """The founder record, or None when there is none."""
-    from herd_agent import aws
+        if claim.released:
+            return "released by its founder"
+        if claim.instance_id:
+            ec2 = self._ec2 or aws.client("ec2", self.ident.region)
+            try:
+                page = aws.call(ec2, "DescribeInstances", InstanceIds=[claim.instance_id])
+                found = [i for r in page.get("Reservations", []) for i in r.get("Instances", [])]
+            except aws.AwsError as exc:
+                if exc.code not in ("InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"):
+                    raise
+                found = []
+            if not found:
+                return f"its instance {claim.instance_id} no longer exists"
+            state = found[0].get("State", {}).get("Name")
+            if state in GONE_EC2_STATES:
+                return f"its instance {claim.instance_id} is {state}"
+            asg = self._asg or aws.client("autoscaling", self.ident.region)
+            listed = aws.call(asg, "DescribeAutoScalingInstances",
+                              InstanceIds=[claim.instance_id]).get("AutoScalingInstances", [])
+            for inst in listed:
+                lifecycle = str(inst.get("LifecycleState", ""))
+                if lifecycle.startswith("Terminat") or inst.get("HealthStatus", "").upper() == "UNHEALTHY":
+                    return f"its instance {claim.instance_id} is {lifecycle or 'unhealthy'} in its Auto Scaling group"
+        limit = max(float(self.cfg.get("founder.stale_after_s")), float(self.cfg.get("join.ready_timeout_s")) + 60)
+        age = self.clock() - claim.time
+        if age > limit:
+            return f"made {int(age)} s ago and the cluster never came up (limit {int(limit)} s)"
+        return None
 
-    try:
-        value = aws.call(aws.client("ssm", ident.region), "GetParameter",
-                         Name=record_name(cfg, ident, incarnation_id))["Parameter"]["Value"]
-    except aws.AwsError as exc:
-        if exc.code == "ParameterNotFound":
+    def claim(self) -> Claim | None:
+        """Try to found: our claim when this instance holds the latest epoch, else None.
+
+        Raises:
+            AwsError: a read or the write failed for another reason than "already exists".
+        """
+        from herd_agent import aws
+
+        latest = self.founder_of()
+        if latest is not None and latest.instance_id == self.ident.instance_id and not latest.released:
+            log.info("founder claim %s is ours already (a resumed join)", self.record_name(latest.epoch))
+            return latest
+        if latest is not None:
+            why = self.stale(latest)
+            if why is None:
+                log.info("founder claim %s by %s is live: waiting for that founder",
+                         self.record_name(latest.epoch), latest.instance_id)
+                return None
+            log.warning("founder claim %s by %s is stale (%s): claiming the next epoch",
+                        self.record_name(latest.epoch), latest.instance_id or "?", why)
+        mine = Claim((latest.epoch if latest else 0) + 1, self.ident.instance_id, self.ident.private_ip, self.clock())
+        name = self.record_name(mine.epoch)
+        try:
+            aws.call(self.ssm, "PutParameter", Name=name, Value=mine.to_json(), Type="String", Overwrite=False,
+                     Description=f"founder claim of cluster {self.ident.cluster}, epoch {mine.epoch} (herd-agent)")
+        except aws.AwsError as exc:
+            if exc.code != "ParameterAlreadyExists":
+                raise
+            log.info("founder claim %s was taken by another control plane", name)
             return None
-        raise
-    return dict(json.loads(value))
+        log.info("founder claim %s written: this instance founds cluster %s", name, self.ident.cluster)
+        return mine
+
+    def still_current(self, epoch: int) -> None:
+        """Fencing: raise unless ``epoch`` is still the latest claim and ours.
+
+        Raises:
+            SupersededError: a later epoch exists, or the claim is not ours (exit 83).
+        """
+        latest = self.founder_of()
+        if latest is None or latest.epoch != epoch or latest.instance_id != self.ident.instance_id:
+            raise SupersededError(
+                f"founder claim epoch {epoch} of cluster {self.ident.cluster} was taken over "
+                f"(latest: {latest.epoch if latest else 'none'} by {latest.instance_id if latest else '-'}): "
+                "this instance stops founding")
+
+    def release(self, epoch: int) -> None:
+        """Mark our claim released (our join failed and k3s is stopped): the next claimant need not wait."""
+        from herd_agent import aws
+
+        claim = Claim(epoch, self.ident.instance_id, self.ident.private_ip, self.clock(), released=True)
+        aws.call(self.ssm, "PutParameter", Name=self.record_name(epoch), Value=claim.to_json(), Type="String",
+                 Overwrite=True)
+        log.warning("founder claim %s released", self.record_name(epoch))

@@ -22,6 +22,7 @@ class JoinState:
     cluster: str
     role: str
     founder: bool = False
+    founder_epoch: int | None = None
     endpoint_ip: str | None = None
     configured: bool = False
     ready: bool = False

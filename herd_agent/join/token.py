@@ -1,120 +1,193 @@
-"""The k3s join token: fetch it (SSM SecureString or Secrets Manager), create it (founder), hand it to k3s.
+"""The k3s join tokens in AWS: fetch, create (founder), publish the secure ones, hand them to k3s.
 
-The token never appears in logs (registered with the redactor the moment it is read), argv or
-the k3s config file: k3s reads it from ``token-file`` (``/var/lib/herd-agent/token``, mode 0600).
+Two tokens, two parameters or secrets (see :mod:`herd_agent.k3s.tokens` for what each can do):
+
+- the **server token**, ``token.server_name`` (unset: ``token.name``): read only by control planes;
+- the **agent token**, ``token.agent_name``: the only one a worker reads.
+
+The founder creates both as short tokens (random, conditional writes: SSM ``Overwrite=False`` /
+Secrets Manager ``CreateSecret``, so two writers end with one token), starts k3s with them, and
+once k3s runs it **publishes** the secure-format tokens k3s wrote
+(``/var/lib/rancher/k3s/server/token`` and ``agent-token``) over the short ones. Every later joiner
+waits for and uses the secure ones, so the CA of the cluster is checked before a credential is sent.
+
+The tokens never appear in logs (registered with the redactor the moment they are read or made),
+argv or the k3s config file: k3s reads them from ``token-file`` / ``agent-token-file`` (0600).
+AWS clients are passed in (tests wrap them in botocore's Stubber); default ``aws.client``.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+from typing import Any
 
 from herd_agent.config.loader import Config
 from herd_agent.discovery.identity import Identity
 from herd_agent.errors import ExitCode, HerdError
 from herd_agent.host.fsroot import HostRoot
+from herd_agent.k3s.tokens import TOKEN_FILE, JoinToken, parse
 from herd_agent.redact import register_secret
 
 log = logging.getLogger(__name__)
 
-TOKEN_FILE = "/var/lib/herd-agent/token"
+SERVER, AGENT = "server", "agent"
+__all__ = ["AGENT", "SERVER", "TOKEN_FILE", "MissingTokenError", "TokenStore", "write_file"]
+
+
+def service_of(cfg: Config) -> str:
+    """The AWS service that keeps the tokens: ``ssm`` or ``secretsmanager`` (``token.source``)."""
+    return "ssm" if cfg.get("token.source") == "ssm" else "secretsmanager"
 
 
 class MissingTokenError(HerdError):
-    """The join token does not exist (exit 66)."""
+    """A join token does not exist (exit 66)."""
 
     exit_code = ExitCode.NO_INPUT
 
 
-def token_name(cfg: Config, ident: Identity) -> str:
-    """The SSM parameter name or Secrets Manager id, with ``{cluster}`` filled in."""
-    return cfg.expand("token.name", cluster=ident.cluster)
+class TokenStore:
+    """The cluster's two join tokens in SSM (SecureString) or Secrets Manager.
 
-
-def _read_action(source: str) -> str:
-    return "ssm:GetParameter" if source == "ssm" else "secretsmanager:GetSecretValue"
-
-
-def fetch(cfg: Config, ident: Identity) -> str | None:
-    """The token, or None when it does not exist yet.
-
-    Raises:
-        AwsError: the read was refused (AccessDenied names the IAM action) or failed.
+    Args:
+        cfg: effective config (``token.*``).
+        ident: this instance (region, cluster).
+        client: the boto3 client of ``token.source`` (:func:`service_of`; tests: Stubber-wrapped);
+            default ``aws.client``, made on first use.
     """
-    from herd_agent import aws
 
-    name = token_name(cfg, ident)
-    if cfg.get("token.source") == "ssm":
-        ssm = aws.client("ssm", ident.region)
-        try:
-            value = aws.call(ssm, "GetParameter", Name=name, WithDecryption=True)["Parameter"]["Value"]
-        except aws.AwsError as exc:
-            if exc.code == "ParameterNotFound":
-                return None
-            raise
-    else:
-        sm = aws.client("secretsmanager", ident.region)
-        try:
-            value = aws.call(sm, "GetSecretValue", SecretId=name)["SecretString"]
-        except aws.AwsError as exc:
-            if exc.code == "ResourceNotFoundException":
-                return None
-            raise
-    register_secret(value)
-    return str(value)
+    def __init__(self, cfg: Config, ident: Identity, *, client: Any = None) -> None:
+        self.cfg, self.ident = cfg, ident
+        self.source = cfg.get("token.source")
+        self._given = client
 
+    def _client(self) -> Any:
+        if self._given is None:
+            from herd_agent import aws
 
-def require(cfg: Config, ident: Identity) -> str:
-    """The token; a missing one is an error that names the parameter and the IAM action.
+            self._given = aws.client(service_of(self.cfg), self.ident.region)
+        return self._given
 
-    Raises:
-        MissingTokenError: no such parameter/secret (exit 66).
-        AwsError: refused or failed.
-    """
-    value = fetch(cfg, ident)
-    if value is None:
-        source = cfg.get("token.source")
-        where = "SSM parameter" if source == "ssm" else "Secrets Manager secret"
-        raise MissingTokenError(
-            f"join token {where} {token_name(cfg, ident)!r} does not exist (read with {_read_action(source)}): "
-            "the founding control plane creates it; check token.name and token.source, or create it as a "
-            "SecureString / secret"
-        )
-    return value
-
-
-def create(cfg: Config, ident: Identity) -> str:
-    """Founder only: create the token unless it exists; returns the token in force.
-
-    The write is conditional (SSM ``Overwrite=False`` / Secrets Manager ``CreateSecret``), so two
-    writers end with one token: the loser reads the winner's.
-
-    Raises:
-        AwsError: refused or failed.
-    """
-    from herd_agent import aws
-
-    existing = fetch(cfg, ident)
-    if existing is not None:
-        return existing
-    value = secrets.token_hex(32)
-    register_secret(value)
-    name = token_name(cfg, ident)
-    try:
-        if cfg.get("token.source") == "ssm":
-            aws.call(aws.client("ssm", ident.region), "PutParameter", Name=name, Value=value, Type="SecureString",
-                     Overwrite=False, Description=f"k3s join token of cluster {ident.cluster} (herd-agent)")
+    def name(self, kind: str) -> str:
+        """The parameter name / secret id of the ``server`` or ``agent`` token, ``{cluster}`` filled in."""
+        if kind == SERVER:
+            key = "token.server_name" if self.cfg.get("token.server_name") else "token.name"
         else:
-            aws.call(aws.client("secretsmanager", ident.region), "CreateSecret", Name=name, SecretString=value,
-                     Description=f"k3s join token of cluster {ident.cluster} (herd-agent)")
-    except aws.AwsError as exc:
-        if exc.code not in ("ParameterAlreadyExists", "ResourceExistsException"):
+            key = "token.agent_name"
+        return self.cfg.expand(key, cluster=self.ident.cluster)
+
+    def fetch(self, kind: str) -> str | None:
+        """The ``kind`` token, or None when it does not exist yet.
+
+        Raises:
+            AwsError: the read was refused (AccessDenied names the IAM action) or failed.
+            HerdError: the stored value is not one line (exit 65; the value is never echoed).
+        """
+        from herd_agent import aws
+
+        name = self.name(kind)
+        try:
+            if self.source == "ssm":
+                value = aws.call(self._client(), "GetParameter", Name=name, WithDecryption=True)["Parameter"]["Value"]
+            else:
+                value = aws.call(self._client(), "GetSecretValue", SecretId=name)["SecretString"]
+        except aws.AwsError as exc:
+            if exc.code in ("ParameterNotFound", "ResourceNotFoundException"):
+                return None
             raise
-        return require(cfg, ident)
-    log.info("created the join token %s", name)
-    return value
+        if not isinstance(value, str):
+            raise HerdError(f"join token {name!r} is not a string", exit_code=ExitCode.DATA)
+        register_secret(value.strip())
+        try:
+            parse(value)
+        except ValueError:
+            raise HerdError(f"join token {name!r} is not one line: rewrite it", exit_code=ExitCode.DATA) from None
+        return value.strip()
+
+    def read(self, kind: str) -> JoinToken | None:
+        """The ``kind`` token parsed, or None when missing."""
+        value = self.fetch(kind)
+        return None if value is None else parse(value)
+
+    def require(self, kind: str) -> str:
+        """The ``kind`` token; a missing one is an error naming the parameter and the IAM action.
+
+        Raises:
+            MissingTokenError: no such parameter/secret (exit 66).
+        """
+        value = self.fetch(kind)
+        if value is None:
+            where = "SSM parameter" if self.source == "ssm" else "Secrets Manager secret"
+            action = "ssm:GetParameter" if self.source == "ssm" else "secretsmanager:GetSecretValue"
+            raise MissingTokenError(
+                f"{kind} join token {where} {self.name(kind)!r} does not exist (read with {action}): the founding "
+                f"control plane creates it; check token.{'server_name' if kind == SERVER else 'agent_name'} and "
+                "token.source")
+        return value
+
+    def create(self, kind: str, *, replace: bool = False) -> str:
+        """Founder only: create a fresh short ``kind`` token; returns the token in force.
+
+        Args:
+            replace: overwrite whatever is stored (a founder taking over from a failed one: the old
+                tokens belong to a cluster that never came up). Otherwise the write is conditional,
+                and the loser of a race reads the winner's token.
+
+        Raises:
+            AwsError: refused or failed.
+        """
+        from herd_agent import aws
+
+        if not replace:
+            existing = self.fetch(kind)
+            if existing is not None:
+                return existing
+        value = secrets.token_hex(32)
+        register_secret(value)
+        try:
+            self._put(kind, value, overwrite=replace)
+        except aws.AwsError as exc:
+            if exc.code not in ("ParameterAlreadyExists", "ResourceExistsException"):
+                raise
+            return self.require(kind)
+        log.info("created the %s join token %s", kind, self.name(kind))
+        return value
+
+    def publish(self, kind: str, value: str) -> bool:
+        """Founder only: store the secure-format ``value`` k3s wrote; True when it changed the store.
+
+        Raises:
+            ValueError: ``value`` is not in secure format.
+            AwsError: refused or failed.
+        """
+        if not parse(value).secure:
+            raise ValueError(f"refusing to publish a short {kind} token")
+        register_secret(value)
+        if self.fetch(kind) == value:
+            return False
+        self._put(kind, value, overwrite=True)
+        log.info("published the secure %s join token %s", kind, self.name(kind))
+        return True
+
+    def _put(self, kind: str, value: str, *, overwrite: bool) -> None:
+        from herd_agent import aws
+
+        name = self.name(kind)
+        what = f"k3s {kind} join token of cluster {self.ident.cluster} (herd-agent)"
+        if self.source == "ssm":
+            aws.call(self._client(), "PutParameter", Name=name, Value=value, Type="SecureString",
+                     Overwrite=overwrite, Description=what)
+        elif overwrite:
+            try:
+                aws.call(self._client(), "PutSecretValue", SecretId=name, SecretString=value)
+            except aws.AwsError as exc:
+                if exc.code != "ResourceNotFoundException":
+                    raise
+                aws.call(self._client(), "CreateSecret", Name=name, SecretString=value, Description=what)
+        else:
+            aws.call(self._client(), "CreateSecret", Name=name, SecretString=value, Description=what)
 
 
-def write_file(root: HostRoot, value: str) -> bool:
-    """Write the token file k3s reads (``token-file``), mode 0600; True when it changed."""
-    return root.write(TOKEN_FILE, value + "\n", mode=0o600)
+def write_file(root: HostRoot, value: str, path: str = TOKEN_FILE) -> bool:
+    """Write a token file k3s reads (``token-file`` / ``agent-token-file``), mode 0600; True when changed."""
+    return root.write(path, value + "\n", mode=0o600)

@@ -380,7 +380,7 @@ def make_kube_client(root: HostRoot, cfg: Config, ident: Identity) -> Any:
         HerdError: a worker with no credential that can evict pods (exit 66).
     """
     from herd_agent import kube
-    from herd_agent.join.k3s_config import endpoint_name
+    from herd_agent.k3s.config import endpoint_name
 
     if cfg.get("kube.kubeconfig") or ident.is_control_plane:
         return kube.client(root, cfg, control_plane=ident.is_control_plane)

@@ -68,10 +68,12 @@ class WatcherOperations:
         return state
 
     def refresh_hosts(self) -> None:
-        """Keep the endpoint name on a healthy control plane: check that the recorded one still
-        accepts connections (no AWS call, no TLS); only when it stopped, look the control planes up
-        by tag and pick one that passes the full ``/ping`` probe (the discovery retry loop; this
-        may take minutes, which is why it runs off the poll thread).
+        """Keep the endpoint name on a healthy control plane, as decided by its one owner,
+        :func:`herd_agent.discovery.control_plane.healthy_endpoint`: the recorded one is kept while
+        it accepts connections (``liveness="connect"``: no TLS, no AWS call, no IMDS read); only
+        when it stopped are the control planes looked up by tag and probed (TLS verified against
+        the pinned CA) — the discovery retry loop, minutes while none answers, which is why this
+        runs off the poll thread.
 
         Raises:
             HerdError: discovery found no healthy control plane, IMDS or AWS failed.
@@ -79,21 +81,28 @@ class WatcherOperations:
         state = self._own_state()
         if state is None or not state.endpoint_ip:
             return
-        port, timeout = self.cfg.get("discovery.api_port"), self.cfg.get("discovery.health_timeout_s")
-        if control_plane.reachable(state.endpoint_ip, port, timeout):
+        from herd_agent.discovery.identity import read_identity
+
+        old = state.endpoint_ip
+        read: list[Any] = []
+
+        def identity() -> Any:  # called only when the recorded endpoint stopped answering
+            self.limited.log(logging.WARNING, "hosts", "control plane %s stopped answering; choosing another", old)
+            read.append(read_identity(self.imds, self.cfg))
+            return read[-1]
+
+        chosen = control_plane.healthy_endpoint(identity, self.cfg, current=old, liveness="connect",
+                                                ca_pem=control_plane.pinned_ca(self.root)).chosen
+        if chosen.ip == old:
             self.limited.reset("hosts")
             return
-        self.limited.log(logging.WARNING, "hosts", "control plane %s stopped answering; choosing another",
-                         state.endpoint_ip)
-        from herd_agent.discovery.identity import read_identity
-        from herd_agent.join import hosts, k3s_config
+        from herd_agent.host import hosts
+        from herd_agent.k3s.config import endpoint_name
 
-        ident = read_identity(self.imds, self.cfg)
-        chosen = control_plane.discover(ident, self.cfg)
-        hosts.sync(self.root, {k3s_config.endpoint_name(self.cfg, ident): chosen.ip})
+        hosts.sync(self.root, {endpoint_name(self.cfg, read[-1]): chosen.ip})
         state.endpoint_ip = chosen.ip
         join_state.save_state(self.root, state)
-        log.info("/etc/hosts: the endpoint now points at %s", chosen.ip)
+        log.warning("/etc/hosts: control plane %s stopped answering; the endpoint now points at %s", old, chosen.ip)
 
     def etcd_gc(self) -> None:
         """Control planes, external etcd: one stale-member pass (``herd-agent etcd gc``) under the

@@ -53,6 +53,7 @@ class Identity:
     mac: str
     launch_time: str
     architecture: str = "x86_64"
+    vpc_id: str = ""
 
 
 class MetadataSource(Protocol):
@@ -382,6 +383,7 @@ class ImdsServer:
                 "local-hostname",
                 "local-ipv4",
                 "mac",
+                "network/",
                 "placement/",
                 "spot/",
                 "tags/",
@@ -389,6 +391,18 @@ class ImdsServer:
             return "\n".join(listing)
         if key == "placement":
             return "availability-zone\nregion"
+        # network/interfaces/macs/<mac>/vpc-id (EC2 User Guide, "Instance metadata categories");
+        # the sandbox instance has one interface.
+        if key in ("network", "network/interfaces"):
+            return "interfaces/" if key == "network" else "macs/"
+        if key == "network/interfaces/macs":
+            return f"{ident.mac}/"
+        if key == f"network/interfaces/macs/{ident.mac}":
+            return "device-number\nlocal-ipv4s\nmac\nvpc-id" if ident.vpc_id else "device-number\nlocal-ipv4s\nmac"
+        if key.startswith(f"network/interfaces/macs/{ident.mac}/"):
+            leaf = key.rsplit("/", 1)[1]
+            return {"device-number": "0", "local-ipv4s": ident.private_ip, "mac": ident.mac,
+                    "vpc-id": ident.vpc_id or None}.get(leaf)
         if key == "tags/instance" or key.startswith("tags/instance/"):
             if not self.metadata_tags:
                 return None

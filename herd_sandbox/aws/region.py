@@ -656,6 +656,7 @@ class Region:
                 account_id=self.account_id,
                 local_hostname=str(inst.private_dns_name),
                 mac=str(inst.nics[0].mac_address),
+                vpc_id=str(getattr(inst, "vpc_id", "") or ""),
                 launch_time=launch if isinstance(launch, str) else launch.strftime("%Y-%m-%dT%H:%M:%SZ"),
             )
 

@@ -57,6 +57,9 @@ def test_identity_from_imds_tags(aws_region: Region, tmp_path: Path, agent_env, 
     assert ident.region == "us-east-1" and ident.availability_zone.startswith("us-east-1")
     assert (ident.cluster, ident.role, ident.asg_name) == ("blue", "control-plane", unique)
     assert ident.tags_source == "imds"
+    # The VPC (discovery's scope) from meta-data/network/interfaces/macs/<mac>/vpc-id, as EC2 knows it.
+    vpc = aws_region.client("ec2").describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["VpcId"]
+    assert ident.vpc_id == vpc and vpc.startswith("vpc-")
     # Identity is IMDS-only: no AWS API call was made.
     assert aws_region.calls(caller=iid) == []
 

@@ -5,26 +5,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from herd_sandbox.aws.region import Region
-from herd_sandbox.kube.sandbox import KubeSandbox
 from tests.clusters import SandboxCluster
 
 pytestmark = pytest.mark.allow_subprocess
 
-
-
-@pytest.fixture
-def cluster(region: Region, kube_sandbox: KubeSandbox, tmp_path: Path, toolchain) -> Iterator[SandboxCluster]:
-    c = SandboxCluster(region, kube_sandbox, tmp_path, toolchain)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def etcd_members(ip: str) -> list[dict]:

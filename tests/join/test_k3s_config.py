@@ -11,7 +11,7 @@ from herd_agent.config import load_config
 from herd_agent.discovery.identity import Identity
 from herd_agent.errors import ConfigError
 from herd_agent.host.fsroot import HostRoot
-from herd_agent.join import k3s_config
+from herd_agent.k3s import config as k3s_config
 
 
 def cfg(tmp_path: Path, text: str = ""):
@@ -64,7 +64,8 @@ def test_extras_are_merged_and_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         k3s_config.render(bad, NODE, founder=False)
     assert exc.value.problems == [
-        "k3s.extra.token: herd-agent sets this itself; remove it (got 'abc')",
+        "k3s.extra.token: a credential, refused in the config: herd-agent manages the join tokens itself "
+        "(token.server_name, token.agent_name) (got ***)",
         "k3s.extra.disabel: not a k3s option; did you mean disable? (got ['x'])",
         "k3s.extra.cluster-cidr: a k3s server option, and this instance is a worker node (got '10.42.0.0/16')",
     ]
@@ -78,3 +79,20 @@ def test_write_is_0600_and_idempotent(tmp_path: Path) -> None:
     p = tmp_path / "etc/rancher/k3s/config.yaml.d/50-herd-agent.yaml"
     assert p.stat().st_mode & 0o777 == 0o600
     assert yaml.safe_load(p.read_text()) == conf
+
+
+@pytest.mark.parametrize("key", ["agent-token", "vpn-auth", "token", "etcd-s3-secret-key", "vpn-auht", "agent-tokn"])
+def test_token_like_extras_are_refused_and_never_echoed(tmp_path: Path, key: str) -> None:
+    secret = "K10deadbeef::node:s3cr3t-value-xyz"
+    c = cfg(tmp_path, f"k3s:\n  extra:\n    {key}: {secret}\n")
+    with pytest.raises(ConfigError) as exc:
+        k3s_config.render(c, CP, founder=False)
+    text = "\n".join(exc.value.problems)
+    assert f"k3s.extra.{key}" in text and "(got ***)" in text
+    assert "s3cr3t" not in text
+
+
+def test_servers_get_the_agent_token_file_workers_do_not(tmp_path: Path) -> None:
+    c = cfg(tmp_path)
+    assert k3s_config.render(c, CP, founder=True)["agent-token-file"] == "/var/lib/herd-agent/agent-token"
+    assert "agent-token-file" not in k3s_config.render(c, NODE, founder=False)

@@ -26,7 +26,8 @@ def setup(region: Region, tmp_path: Path):
     region.create_group(name, f"{name}-lt", desired=1, hooks=[Hook("launch", "launching")],
                         tags={"herd:cluster": name, "herd:role": "node"})
     (iid,) = region.group_instances(name)
-    region.client("ssm").put_parameter(Name=f"/herd/{name}/token", Value="plan-test-token-value-123",
+    # A worker reads only the agent token.
+    region.client("ssm").put_parameter(Name=f"/herd/{name}/k3s-agent-token", Value="plan-test-token-value-123",
                                        Type="SecureString")
     inst = SandboxInstance(iid, tmp_path / iid, region.env(iid)).prepare()
     inst.write_config(f"discovery:\n  addresses: [{ip}]\n")
@@ -66,3 +67,28 @@ def test_hosts_sync_alone(setup) -> None:
     assert f"{ip}\tcontrol-plane.{name}.internal" in inst.root.read_text("/etc/hosts")
     r = inst.agent("hosts", "sync")
     assert "(unchanged)" in r.stdout
+
+
+def test_plan_join_of_a_founding_control_plane(region: Region, tmp_path: Path) -> None:
+    name = f"plancp{next(_n)}"
+    region.create_launch_template(f"{name}-lt")
+    region.create_group(name, f"{name}-lt", desired=1, hooks=[Hook("launch", "launching")],
+                        tags={"herd:cluster": name, "herd:role": "control-plane"})
+    (iid,) = region.group_instances(name)
+    inst = SandboxInstance(iid, tmp_path / iid, region.env(iid)).prepare()
+    inst.write_config("etcd:\n  mode: embedded\n")
+    before = snapshot(inst.root_dir)
+    r = inst.agent("plan", "join")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    # The founder decision, the two tokens and the fenced publication are listed, not made.
+    assert f"ssm:PutParameter /herd/{name}/founder/<next epoch> (Overwrite=False)" in out
+    assert f"/herd/{name}/token (create the server token unless it exists)" in out
+    assert f"/herd/{name}/k3s-agent-token (create the agent token unless it exists)" in out
+    assert "+cluster-init: true" in out and "+agent-token-file: /var/lib/herd-agent/agent-token" in out
+    assert "/var/lib/herd-agent/agent-token (planned, mode 600)" in out
+    assert f"publish /var/lib/rancher/k3s/server/token to /herd/{name}/token" in out
+    assert "  systemctl enable k3s.service" in out
+    assert snapshot(inst.root_dir) == before
+    mutating = [c.action for c in region.calls(caller=iid) if not c.action.startswith(("Describe", "Get"))]
+    assert mutating == []

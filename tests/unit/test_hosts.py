@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from herd_agent.host import hosts
 from herd_agent.host.fsroot import HostRoot
-from herd_agent.join import hosts
 
 GOLDEN = Path(__file__).parent / "golden" / "hosts"
 NAME = "control-plane.blue.internal"

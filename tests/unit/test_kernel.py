@@ -8,9 +8,9 @@ import pytest
 
 from herd_agent.config import load_config
 from herd_agent.config.schema import DEFAULT_SYSCTLS
+from herd_agent.host import kernel
 from herd_agent.host import runner as runner_mod
 from herd_agent.host.fsroot import HostRoot
-from herd_agent.join import kernel
 from tests.fakes import FakeRunner
 
 
