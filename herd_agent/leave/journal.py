@@ -24,6 +24,7 @@ from herd_agent.host.fsroot import HostRoot
 
 JOURNAL = "/var/lib/herd-agent/leave.json"
 LOCK = "/run/herd-agent/leave.lock"
+JOURNAL_MODE = 0o600
 STEPS = ("cordon", "drain", "etcd", "delete-node", "stop-k3s", "complete-hook")
 
 
@@ -55,7 +56,8 @@ class LeaveJournal:
         hook: the terminating lifecycle hook ``{name, group, heartbeat_timeout_s, global_timeout_s}``
             or None.
         steps: step name → :class:`StepState`.
-        pods: pod → ``{outcome, detail}`` from the drain.
+        pods: pod → ``{outcome, detail}`` from the drain, kept across resumes (saved each drain
+            round; a pod that left while the agent was down keeps the outcome it was heading to).
         result: the lifecycle action result sent (CONTINUE/ABANDON) once completed.
         finished_at: epoch seconds when the sequence ended.
     """
@@ -97,8 +99,11 @@ def load(root: HostRoot) -> LeaveJournal | None:
 
 
 def save(root: HostRoot, journal: LeaveJournal) -> None:
-    """Write the journal atomically (mode 0644)."""
-    root.write(JOURNAL, journal.to_json(), mode=0o644, only_if_changed=False)
+    """Write the journal atomically, mode 0600, every registered secret and secret shape masked
+    (:func:`herd_agent.redact.redact`): step details carry error texts, which may quote anything."""
+    from herd_agent.redact import redact
+
+    root.write(JOURNAL, redact(journal.to_json()), mode=JOURNAL_MODE, only_if_changed=False)
 
 
 class LeaveLock:

@@ -15,7 +15,10 @@ Each pass is idempotent and writes only what differs, so the loop settles:
   (NoSchedule, NoExecute) they tolerate and whose labels match their ``nodeSelector``;
 - kubelets: pods bound to a Ready node become Running and Ready at once; on a NotReady node
   they lose Ready;
-- status of ReplicaSets, Deployments, DaemonSets, StatefulSets and PodDisruptionBudgets.
+- status of ReplicaSets, Deployments, DaemonSets, StatefulSets and PodDisruptionBudgets;
+- k3s' node controller (the API stands in for a k3s server's): when a Node is deleted, its
+  ``kube-system/<node>.node-password.k3s`` Secret goes too (k3s ``pkg/node/controller.go``,
+  ``onRemove``), so a node re-joins under the same name without anyone deleting Secrets.
 """
 
 from __future__ import annotations
@@ -117,6 +120,7 @@ class World:
         self._thread: threading.Thread | None = None
         self._dirty = threading.Event()
         self._paused = threading.Event()
+        self._removed_nodes: list[str] = []
         self.passes = 0
         self.errors: list[str] = []  # failed passes (the fixtures fail a test that caused one)
         store.add_listener(self._on_event)
@@ -130,6 +134,8 @@ class World:
             self.t[kind] = row
 
     def _on_event(self, event: Event) -> None:
+        if event.type == "DELETED" and event.key == ("", "nodes"):
+            self._removed_nodes.append(event.obj["metadata"]["name"])
         self._dirty.set()
 
     def start(self) -> None:
@@ -166,6 +172,7 @@ class World:
         """Run every pass once (under the store lock, so API calls see a consistent world)."""
         with self.store.lock:
             self.store.reap()
+            self._node_passwords()
             self._namespaces()
             self._garbage_collect()
             self._deployments()
@@ -210,6 +217,13 @@ class World:
         return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": copy.deepcopy(template.get("spec") or {})}
 
     # -- passes -------------------------------------------------------------------------
+
+    def _node_passwords(self) -> None:
+        secrets = self.store.registry.by_kind("", "Secret")
+        while self._removed_nodes and secrets is not None:
+            name = self._removed_nodes.pop()
+            if self.store.find(self.t["Node"], None, name) is None:
+                self.store.force_remove(secrets, "kube-system", f"{name}.node-password.k3s")
 
     def _namespaces(self) -> None:
         for ns in self._list("Namespace"):
