@@ -1,12 +1,13 @@
 """Heartbeats for the terminating lifecycle action, beside the step engine (its own thread).
 
 Cadence (:func:`herd_agent.drain.budget.heartbeat_interval_s`): max(30 s, heartbeat timeout / 3),
-never more than half the timeout — from the hook's ``HeartbeatTimeout`` as
-``DescribeLifecycleHooks`` reports it, scaled by :func:`herd_agent.failpoints.scaled` (1.0 outside
-tests), or ``leave.heartbeat_interval_s`` when set. Each ``RecordLifecycleActionHeartbeat`` resets
-the action's heartbeat timeout, never its global timeout (EC2 Auto Scaling docs). A failed beat is
-logged and the next one comes on time; an answer of "no active Lifecycle Action" ends the beats
-(the action is over: completed, or timed out).
+never more than half the timeout, from the hook's ``HeartbeatTimeout`` as ``DescribeLifecycleHooks``
+reports it (AWS seconds), then scaled by :func:`herd_agent.failpoints.scaled` (x 1.0 outside
+tests); or ``leave.heartbeat_interval_s`` when set. The first beat goes at once: a resumed leave
+cannot know how long it was down. Each ``RecordLifecycleActionHeartbeat`` resets the action's
+heartbeat timeout, never its global timeout (EC2 Auto Scaling docs). A failed beat is logged and
+the next one comes on time; an answer of "no active Lifecycle Action" ends the beats (the action
+is over: completed, or timed out).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def interval_for(hook: dict[str, Any], override_s: float | None) -> float:
     """Seconds between beats for a journaled ``hook`` (``heartbeat_timeout_s`` in AWS seconds)."""
     if override_s:
         return float(override_s)
-    return heartbeat_interval_s(scaled(float(hook["heartbeat_timeout_s"])))
+    return scaled(heartbeat_interval_s(float(hook["heartbeat_timeout_s"])))
 
 
 class Heartbeater:
@@ -58,13 +59,16 @@ class Heartbeater:
         return self._alive
 
     def start(self) -> Heartbeater:
-        """Start beating in a daemon thread; the first beat after one interval."""
+        """Start beating in a daemon thread; the first beat at once (a resumed leave cannot know how
+        long it was down), then one every interval."""
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
         self._thread.start()
         return self
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        wait = 0.0
+        while not self._stop.wait(wait):
+            wait = self.interval_s
             try:
                 if not self.lifecycle().heartbeat(self.hook["group"], self.hook["name"], self.instance_id):
                     log.info("no active lifecycle action to heartbeat; stopping heartbeats")
