@@ -60,6 +60,8 @@ class LeaveJournal:
             round; a pod that left while the agent was down keeps the outcome it was heading to).
         result: the lifecycle action result sent (CONTINUE/ABANDON) once completed.
         finished_at: epoch seconds when the sequence ended.
+        etcd_peers: (external etcd) client URLs of the cluster as seen before our member left, so a
+            replay after a crash asks the other members once ours is stopped.
     """
 
     reason: str
@@ -70,11 +72,19 @@ class LeaveJournal:
     pods: dict[str, dict[str, str]] = field(default_factory=dict)
     result: str | None = None
     finished_at: float | None = None
+    etcd_peers: list[str] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
         """True when every step is done, failed or skipped."""
         return all(s.status in ("done", "failed", "skipped") for s in self.steps.values())
+
+    @property
+    def ended(self) -> bool:
+        """True when every step is final and the end (metrics, webhook, ``finished_at``) was written;
+        a journal killed between its last step and its end is :attr:`finished` but not ended, and is
+        resumed to write the end."""
+        return self.finished and self.finished_at is not None
 
     def to_json(self) -> str:
         """The journal as JSON text."""

@@ -123,17 +123,23 @@ class LeaveSequence:
         """
         with jr.LeaveLock(self.root):
             journal = jr.load(self.root)
-            if journal is None or (journal.finished and request is not None):
+            ended = journal is not None and journal.ended
+            if journal is None or (ended and request is not None):
                 if request is None:
                     raise HerdError("no leave to resume (no unfinished /var/lib/herd-agent/leave.json)")
                 journal = self._new_journal(request)
-            elif journal.finished:
+            elif ended:
                 return journal
             else:
                 log.info("resuming the %s leave started at %s", journal.reason, time.ctime(journal.started_at))
             ident = read_identity(self.imds, self.cfg)
             set_context(instance_id=ident.instance_id, cluster=ident.cluster)
             ctx = self.context(ident, journal)
+            if journal.finished:  # killed after the last step, before the end was written
+                journal.finished_at = self.clock()
+                ctx.reporter.finished()
+                ctx.save()
+                return journal
             self._find_hook(ctx)
             beats = self._heartbeats(ctx)
             try:

@@ -244,9 +244,17 @@ class EtcdExternal(Step):
         return "leave the external etcd cluster (quorum proof, move leadership, remove own member)"
 
     def run(self, ctx: LeaveContext) -> str:
-        """See :meth:`Step.run`."""
+        """See :meth:`Step.run`. The cluster's client URLs are journaled before anything changes:
+        replayed after the member left (our etcd stopped, its data dir rotated), the step asks
+        the other members, finds us gone, and finishes (stop and rotate are idempotent)."""
         me, settings = _membership(ctx)
-        return f"left etcd: {me.leave([settings.client_url(ctx.ident.private_ip)])}"
+        own = settings.client_url(ctx.ident.private_ip)
+        if not ctx.journal.etcd_peers:
+            _, members = me.client([own]).member_list()
+            ctx.journal.etcd_peers = sorted({u for m in members for u in m.client_urls} | {own})
+            ctx.save()
+        peers = [own] + [u for u in ctx.journal.etcd_peers if u != own]
+        return f"left etcd: {me.leave(peers)}"
 
 
 def _membership(ctx: LeaveContext) -> tuple[Any, Any]:
