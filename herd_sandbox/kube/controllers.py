@@ -2,7 +2,10 @@
 
 Each pass is idempotent and writes only what differs, so the loop settles:
 
-- graceful deletions ending (pods removed once their grace period × time factor has passed);
+- graceful deletions ending (pods removed once their grace period × time factor has passed, or
+  sooner when annotated ``sandbox.herd.io/exits-after-seconds``); a pod on a NotReady node is not
+  reaped: with its kubelet gone nothing confirms it stopped, so it stays Terminating until the node
+  is Ready again or the Node object is deleted (then pod GC removes it);
 - namespace termination (content removed, then the namespace) and a ``default`` ServiceAccount
   per namespace;
 - garbage collection: objects whose owners (by uid) are all gone are deleted, pods bound to a
@@ -171,7 +174,7 @@ class World:
     def reconcile(self) -> None:
         """Run every pass once (under the store lock, so API calls see a consistent world)."""
         with self.store.lock:
-            self.store.reap()
+            self.store.reap(hold=self._kubelet_gone)
             self._node_passwords()
             self._namespaces()
             self._garbage_collect()
@@ -217,6 +220,14 @@ class World:
         return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": copy.deepcopy(template.get("spec") or {})}
 
     # -- passes -------------------------------------------------------------------------
+
+    def _kubelet_gone(self, key: tuple[str, str], obj: Obj) -> bool:
+        """A terminating pod on a NotReady node is never confirmed gone: its kubelet cannot report
+        (Kubernetes keeps it Terminating until the node returns or the Node object is deleted)."""
+        if key != ("", "pods"):
+            return False
+        node = self.store.find(self.t["Node"], None, (obj.get("spec") or {}).get("nodeName") or "")
+        return node is not None and not node_ready(node)
 
     def _node_passwords(self) -> None:
         secrets = self.store.registry.by_kind("", "Secret")
