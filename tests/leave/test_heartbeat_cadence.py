@@ -32,7 +32,7 @@ def test_default_heartbeat_cadence_and_the_forced_drain_report(region_x01: Regio
     overridden when the budget runs out, and the reports say so: a Warning naming the pods and the
     PDB, herd_agent_leave_pods_blocked and _force_deleted, one start Event."""
     region = region_x01
-    c = SandboxCluster(region, kube_sandbox, tmp_path, toolchain, LEAVE_CONFIG + "  deadline_s: 12\n")
+    c = SandboxCluster(region, kube_sandbox, tmp_path, toolchain, LEAVE_CONFIG + "  deadline_s: 20\n")
     try:
         (cp,) = c.group("control-plane", 1)
         c.join(cp)
