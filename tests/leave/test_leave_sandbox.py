@@ -334,6 +334,43 @@ def test_complete_lifecycle_action_is_retried_through_throttling_5xx_and_access_
     assert journal(c, w1)["steps"]["complete-hook"]["status"] == "done"
 
 
+def test_an_instance_that_dies_runs_no_leave(make_cluster) -> None:
+    """``SandboxInstance.die()``: every process of the instance is killed at once (the watcher, the
+    k3s stand-in); nothing leaves: no journal, the Node stays (a dead node's pods are not reaped)."""
+    c = make_cluster()
+    (cp,) = c.group("control-plane", 1)
+    c.join(cp)
+    (w1,) = c.group("node", 1)
+    c.join(w1)
+    inst = c.instances[w1]
+    proc = c.watch(w1)
+    wait_ready_line(c, w1, proc)
+    units = [p.name[:-4] for p in inst.root.path("/run/herd-sandbox").glob("*.pid")]
+    assert "k3s-agent.service" in units
+    killed = inst.die()
+    assert proc.pid in killed and proc.wait(timeout=10) == -signal.SIGKILL
+    for unit in units:
+        assert inst.systemctl("is-active", unit).stdout.strip() == "inactive"
+    assert not inst.root.exists("/var/lib/herd-agent/leave.json")
+    assert c.kube.find("Node", w1) is not None
+    with pytest.raises(RuntimeError, match="dead"):
+        inst.spawn_agent("watch")
+
+
+def test_systemctl_list_jobs_shows_the_shutdown_job(make_cluster) -> None:
+    c = make_cluster()
+    (w1,) = c.group("node", 1)
+    inst = c.instances[w1]
+    assert inst.systemctl("list-jobs").stdout.strip() == "No jobs running."
+    assert inst.systemctl("list-jobs", "--no-legend").stdout == ""
+    inst.begin_shutdown("reboot.target")
+    listed = inst.systemctl("list-jobs").stdout.splitlines()
+    assert listed[0].split() == ["JOB", "UNIT", "TYPE", "STATE"] and listed[-1] == "1 jobs listed."
+    assert inst.systemctl("list-jobs", "--no-legend").stdout.split() == ["1", "reboot.target", "start", "waiting"]
+    r = inst.systemctl("is-system-running")
+    assert (r.stdout.strip(), r.returncode) == ("stopping", 1)
+
+
 def test_control_plane_scale_in_keeps_quorum(make_cluster) -> None:
     c = make_cluster()
     cps = c.group("control-plane", 3, terminate_hook=True)
