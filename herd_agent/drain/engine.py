@@ -234,7 +234,9 @@ class Drainer:
                         self._outcome(k, "gone")
                     elif code == 429:
                         match = _PDB_NAME.search(message)
-                        pdb = f"PodDisruptionBudget {match.group(1)}" if match else "a PodDisruptionBudget"
+                        # A 429 names its budget in a DisruptionBudget cause; one without is the API
+                        # server throttling (API Priority and Fairness), not a budget.
+                        pdb = f"PodDisruptionBudget {match.group(1)}" if match else "the API server (429, no budget)"
                         self._outcome(k, "blocked", f"blocked by {pdb}: {message}")
                         if match:
                             self.report.outcomes[k].pdb = f"{k.split('/', 1)[0]}/{match.group(1)}"

@@ -27,4 +27,5 @@ def test_drain_rides_out_eviction_faults(kube_sandbox: KubeSandbox, kube_client:
     assert report.count("evicted") == 3
     assert sum(o.attempts for o in report.outcomes.values()) == 3 + 5  # each refusal retried once due
     assert any("429" in o.detail or "500" in o.detail for o in report.outcomes.values())
+    assert not any(o.pdb for o in report.outcomes.values())  # a throttling 429 is not blamed on a budget
     assert [h[3] for h in kube.faults.hits].count(429) == 3 and kube.faults.rules() == []
