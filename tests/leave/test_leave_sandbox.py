@@ -96,7 +96,7 @@ def test_worker_with_20_pods_is_scaled_in(make_cluster) -> None:
     (cp,) = c.group("control-plane", 1)
     c.join(cp)
     cordon(kube, cp)
-    w1, w2 = c.group("node", 2, terminate_hook=True, heartbeat_timeout=300)  # beats every 100 s (1 s here)
+    w1, w2 = c.group("node", 2, terminate_hook=True, heartbeat_timeout=1200)  # beats every 400 s (4 s here)
     c.join(w1)
     kube.seed(
         {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "logs", "namespace": "kube-system"},
