@@ -309,7 +309,7 @@ def test_complete_lifecycle_action_is_retried_through_throttling_5xx_and_access_
     c = make_cluster()
     (cp,) = c.group("control-plane", 1)
     c.join(cp)
-    (w1,) = c.group("node", 1, terminate_hook=True, heartbeat_timeout=300)  # 3 s here: beats must go on
+    (w1,) = c.group("node", 1, terminate_hook=True, heartbeat_timeout=600)  # 6 s here: beats must go on
     c.join(w1)
     c.region.throttle("autoscaling", "CompleteLifecycleAction", burst=6)
     c.region.faults.add(AwsFault("autoscaling", "CompleteLifecycleAction", "5xx", count=6, caller=w1))
