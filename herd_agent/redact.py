@@ -51,6 +51,20 @@ def register_secret(value: str | bytes | None) -> None:
         _pattern = re.compile("|".join(re.escape(s) for s in ordered))
 
 
+def register_url(url: str | None) -> None:
+    """Register a URL that is itself a credential (a webhook URL): the whole URL, and its path and
+    query on their own (where such URLs carry their secret), so neither appears in any text."""
+    if not url:
+        return
+    from urllib.parse import urlsplit
+
+    register_secret(url)
+    parts = urlsplit(url.strip())
+    rest = parts.path + (f"?{parts.query}" if parts.query else "")
+    if rest.strip("/"):
+        register_secret(rest)
+
+
 def forget_secrets() -> None:
     """Drop every registered secret (tests use this between cases)."""
     global _pattern

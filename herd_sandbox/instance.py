@@ -11,6 +11,7 @@ exactly the code paths it uses on EC2.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,8 @@ class SandboxInstance:
         self.root = HostRoot(self.root_dir)
         self._base_env = dict(env)
         self._extra_path = list(extra_path or [])
+        self._spawned: list[subprocess.Popen[bytes]] = []
+        self.dead = False
 
     def prepare(self) -> SandboxInstance:
         """Lay out a fresh host: /etc/hosts, a fake /proc (sysctls at kernel defaults, overlay
@@ -99,14 +102,59 @@ class SandboxInstance:
         Args:
             env: extra environment variables for this process.
         """
+        if self.dead:
+            raise RuntimeError(f"instance {self.instance_id} is dead: nothing runs on it any more")
         log = open(self.workdir / log_name, "ab")  # noqa: SIM115 - handed to the child
         try:
-            return subprocess.Popen(  # noqa: S603 - argv list
+            proc = subprocess.Popen(  # noqa: S603 - argv list
                 [sys.executable, "-m", "herd_agent", *args], env={**self.env(), **(env or {})}, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )
         finally:
             log.close()
+        self._spawned.append(proc)
+        return proc
+
+    def die(self) -> list[int]:
+        """This instance dies now, as on a power loss, a kernel panic or EC2's hard stop: every
+        process it runs — the units the systemctl stand-in started (etcd, k3s) and the agent
+        processes spawned here — gets SIGKILL (its whole process group) at once. Nothing runs a
+        leave, nothing is cleaned up; later :meth:`spawn_agent` calls refuse. Returns the pids
+        killed. (The AWS side — the instance's EC2 state — is the region's business.)"""
+        from herd_sandbox.systemctl import PID_DIR
+
+        self.dead = True
+        pids = [p.pid for p in self._spawned if p.poll() is None]
+        pid_dir = self.root.path(PID_DIR)
+        for pid_file in sorted(pid_dir.glob("*.pid")) if pid_dir.is_dir() else []:
+            try:
+                pids.append(int(pid_file.read_text().split()[0]))
+            except (OSError, ValueError, IndexError):
+                continue
+        killed = []
+        for pid in pids:
+            try:
+                os.killpg(pid, signal.SIGKILL)  # started with start_new_session: pid == pgid
+                killed.append(pid)
+            except ProcessLookupError:
+                continue
+            except PermissionError:
+                continue
+        for proc in self._spawned:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        return killed
+
+    def begin_shutdown(self, target: str = "poweroff.target") -> None:
+        """The machine starts shutting down: ``systemctl is-system-running`` answers ``stopping``
+        and ``systemctl list-jobs`` shows a ``start`` job for ``target``, as during a real
+        shutdown (systemd(1)). The agent's units are not stopped here; send them SIGTERM."""
+        from herd_sandbox.systemctl import JOBS_FILE, SYSTEM_STATE_FILE
+
+        self.root.write(SYSTEM_STATE_FILE, "stopping\n", mode=0o644)
+        self.root.write(JOBS_FILE, f"{target} start waiting\n", mode=0o644)
 
     def systemctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run the systemctl stand-in for this instance (e.g. ``stop k3s.service``)."""

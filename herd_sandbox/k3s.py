@@ -434,6 +434,7 @@ class EmbeddedEtcd:
 
     def __init__(self, root: HostRoot, node: str, ip: str, log: Any = print) -> None:
         self.root, self.node, self.ip, self.log = root, node, ip, log
+        self._removing: set[str] = set()  # members whose removal was sent but not seen to happen yet
         self.proc: subprocess.Popen[bytes] | None = None
 
     # -- identity and files ----------------------------------------------------------------------
@@ -586,14 +587,20 @@ class EmbeddedEtcd:
 
     @staticmethod
     def _remove_member(client: EtcdGateway, member_id: int, retry_s: float = 5.0) -> None:
-        """MemberRemove, retried while etcd answers "unhealthy cluster" (right after a change)."""
+        """MemberRemove, retried while etcd answers "unhealthy cluster" (right after a change) or
+        no answer came (a loaded machine: the removal may have happened all the same). A "member
+        not found" after an unanswered attempt means that attempt took effect."""
         deadline = time.monotonic() + retry_s
+        unanswered = False
         while True:
             try:
                 client.member_remove(member_id)
                 return
             except EtcdGatewayError as exc:
-                if "unhealthy" not in exc.message or time.monotonic() > deadline:
+                if exc.member_not_found and unanswered:
+                    return
+                unanswered = unanswered or exc.status is None
+                if ("unhealthy" not in exc.message and exc.status is not None) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
 
@@ -622,15 +629,22 @@ class EmbeddedEtcd:
             for node, deleting in work:
                 meta = node["metadata"]
                 member_name = (meta.get("annotations") or {}).get(NODE_NAME_ANNOTATION, "")
-                for m in members:
-                    if m.name == member_name or (not member_name and m.name.rsplit("-", 1)[0] == meta["name"]):
-                        try:
-                            self._remove_member(client, m.id)
-                            removed.append(m.name)
-                            self.log(f"level=info msg=\"Removed etcd member {m.name} of node {meta['name']}\"")
-                        except EtcdGatewayError as exc:
-                            if not exc.member_not_found:
-                                raise
+                mine = [m for m in members
+                        if m.name == member_name or (not member_name and m.name.rsplit("-", 1)[0] == meta["name"])]
+                if not mine and member_name in self._removing:  # an earlier unanswered removal took effect
+                    self._removing.discard(member_name)
+                    removed.append(member_name)
+                    self.log(f"level=info msg=\"Removed etcd member {member_name} of node {meta['name']}\"")
+                for m in mine:
+                    self._removing.add(m.name)
+                    try:
+                        self._remove_member(client, m.id)
+                        self._removing.discard(m.name)
+                        removed.append(m.name)
+                        self.log(f"level=info msg=\"Removed etcd member {m.name} of node {meta['name']}\"")
+                    except EtcdGatewayError as exc:
+                        if not exc.member_not_found:
+                            raise
                 if deleting:
                     rest = [f for f in meta.get("finalizers") or [] if f != ETCD_FINALIZER]
                     api.patch(f"/api/v1/nodes/{meta['name']}",

@@ -15,7 +15,12 @@ Supported verbs (subset of systemctl(1), same exit codes):
 - ``stop UNIT``: SIGTERM, wait up to the stop timeout, then SIGKILL; exit 0 when stopped.
 - ``restart UNIT``; ``kill [-s SIG | --signal=SIG] UNIT`` (``-s KILL`` for crash tests);
 - ``is-active UNIT``: prints ``active``/``inactive``, exits 0/3;
-- ``daemon-reload``, ``reset-failed``: accepted, nothing to do.
+- ``daemon-reload``, ``reset-failed``: accepted, nothing to do;
+- ``is-system-running``: the state in ``/run/herd-sandbox/system-state`` (default ``running``);
+- ``list-jobs [--no-legend]``: the jobs queued in ``/run/herd-sandbox/jobs`` (one ``UNIT TYPE
+  STATE`` per line, e.g. ``shutdown.target start waiting``), printed as systemctl prints them
+  (``JOB UNIT TYPE STATE`` columns; with the legend, a header and ``N jobs listed.`` or
+  ``No jobs running.``). :meth:`herd_sandbox.instance.SandboxInstance.begin_shutdown` queues them.
 
 State lives under the root: ``/run/herd-sandbox/<unit>.pid`` and ``/var/log/herd-sandbox/<unit>.log``.
 
@@ -45,6 +50,7 @@ LOG_DIR = "/var/log/herd-sandbox"
 EXIT_INACTIVE = 3  # systemctl is-active: "program is not running" (LSB)
 EXIT_NO_UNIT = 5  # systemctl: unit not found
 SYSTEM_STATE_FILE = "/run/herd-sandbox/system-state"
+JOBS_FILE = "/run/herd-sandbox/jobs"
 # Host services the agent may restart that the sandbox does not model (restarting them is a no-op).
 HOST_UNITS = frozenset({"systemd-logind.service"})
 
@@ -275,12 +281,30 @@ def _signal_of(text: str) -> int:
     return int(getattr(signal, name if name.startswith("SIG") else f"SIG{name}"))
 
 
+def _list_jobs(root: HostRoot, legend: bool, out: Callable[[str], None]) -> int:
+    jobs = [line.split()[:3] for line in root.read_text(JOBS_FILE, default="").splitlines() if len(line.split()) >= 3]
+    if not jobs:
+        if legend:
+            out("No jobs running.")
+        return 0
+    width = max(20, *(len(j[0]) for j in jobs))
+    if legend:
+        out(f"{'JOB':>3} {'UNIT':<{width}} {'TYPE':<8} STATE")
+    for number, (unit, job_type, state) in enumerate(jobs, 1):
+        out(f"{number:>3} {unit:<{width}} {job_type:<8} {state}")
+    if legend:
+        out("")
+        out(f"{len(jobs)} jobs listed.")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) -> int:
     """Entry point: ``[--root DIR] VERB [OPTIONS] UNIT``; returns systemctl's exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     root_dir = os.environ.get("HERD_AGENT_ROOT", "/")
     sig = signal.SIGTERM
     no_block = False
+    legend = True
     rest: list[str] = []
     it = iter(args)
     for a in it:
@@ -294,6 +318,8 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
             sig = _signal_of(a.split("=", 1)[1])
         elif a == "--no-block":
             no_block = True
+        elif a == "--no-legend":
+            legend = False
         elif a in ("--quiet", "-q", "--no-pager"):
             continue
         else:
@@ -306,6 +332,8 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
     ctl = Systemctl(HostRoot(root_dir))
     if verb in ("daemon-reload", "reset-failed"):
         return 0
+    if verb == "list-jobs":
+        return _list_jobs(ctl.root, legend, out)
     if verb == "is-system-running":
         # The instance's system state (running, stopping, ...) as systemctl prints it; the
         # sandbox sets "stopping" in /run/herd-sandbox/system-state to model a shutdown.

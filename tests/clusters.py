@@ -1,4 +1,11 @@
-"""A small test helper: a cluster of sandbox instances in a region, joined by the real agent."""
+"""A small test helper: a cluster of sandbox instances in a region, joined by the real agent.
+
+Workers hold what a real worker holds: the herd-agent ServiceAccount's token (shipped RBAC,
+``packaging/rbac/herd-agent.yaml``, enforced by the emulator) read from SSM, and the API's CA —
+never the emulator's admin kubeconfig. Every instance runs the agent with
+``HERD_AGENT_TIME_FACTOR`` set to the region's time factor (:mod:`herd_agent.failpoints`), so the
+agent's default heartbeat cadence meets the region's scaled hook timeouts.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +16,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from herd_sandbox.aws.region import Hook, Region
 from herd_sandbox.instance import SandboxInstance
 from herd_sandbox.kube.sandbox import KubeSandbox
 
 _n = itertools.count()
+RBAC = Path(__file__).resolve().parents[1] / "packaging" / "rbac" / "herd-agent.yaml"
 
 BASE_CONFIG = """\
 discovery:
@@ -48,6 +58,23 @@ class SandboxCluster:
         self.region.create_launch_template(f"{self.name}-lt")
         self.instances: dict[str, SandboxInstance] = {}
         self.watchers: dict[str, subprocess.Popen[bytes]] = {}
+        self._token_parameter: str | None = None
+
+    def agent_token_parameter(self) -> str:
+        """Install the shipped RBAC (once per API server) and put the herd-agent ServiceAccount's
+        token in SSM (SecureString); returns the parameter name."""
+        if self._token_parameter is None:
+            if self.kube.find("ClusterRole", "herd-agent") is None:
+                for doc in yaml.safe_load_all(RBAC.read_text()):
+                    if self.kube.find(doc["kind"], doc["metadata"]["name"],
+                                      namespace=doc["metadata"].get("namespace")) is None:
+                        self.kube.create(doc)
+            self.kube.service_account_kubeconfig("kube-system", "herd-agent", rbac=True)
+            token = self.kube.identity("system:serviceaccount:kube-system:herd-agent").token
+            name = f"/herd/{self.name}/agent-sa-token"
+            self.region.client("ssm").put_parameter(Name=name, Value=token, Type="SecureString", Overwrite=True)
+            self._token_parameter = name
+        return self._token_parameter
 
     def group(self, role: str, size: int, *, terminate_hook: bool = False, heartbeat_timeout: int = 3600) -> list[str]:
         group = f"{self.name}-{role}"
@@ -64,11 +91,14 @@ class SandboxCluster:
                 **self.region.env(iid),
                 "HERD_SANDBOX_KUBECONFIG": str(self.kube.admin_kubeconfig),
                 "HERD_SANDBOX_ETCD": str(self.toolchain.etcd),
+                "HERD_AGENT_TIME_FACTOR": str(self.region.time_factor),
             }).prepare()
             config = self.config
-            if role == "node":  # a worker's own credential to evict pods (sandbox: the emulator's admin)
-                shutil.copy(self.kube.admin_kubeconfig, inst.root.path("/etc/herd-agent/kubeconfig"))
-                config += "kube:\n  kubeconfig: /etc/herd-agent/kubeconfig\n"
+            if role == "node":  # a worker's own credential: the ServiceAccount token, the shipped RBAC
+                inst.root.makedirs("/etc/herd-agent/pki")
+                shutil.copy(self.kube.ca_path, inst.root.path("/etc/herd-agent/pki/kube-ca.crt"))
+                config += (f"kube:\n  token_ssm_parameter: {self.agent_token_parameter()}\n"
+                           f"  server: {self.kube.url}\n  ca_file: /etc/herd-agent/pki/kube-ca.crt\n")
             inst.write_config(config)
             self.instances[iid] = inst
         return ids

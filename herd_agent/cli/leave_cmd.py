@@ -65,10 +65,12 @@ def plan_leave(obj: object) -> None:
     from herd_agent.discovery.imds import ImdsClient
     from herd_agent.k3s.names import node_name
     from herd_agent.leave.plan import plan_text
-    from herd_agent.leave.sequence import make_kube_client
+    from herd_agent.leave.sequence import LeaveSequence, make_kube_client
 
     cfg = prepare(obj)
-    ident = read_identity(ImdsClient.from_config(cfg), cfg)
+    imds = ImdsClient.from_config(cfg)
+    ident = read_identity(imds, cfg)
     kube = make_kube_client(obj.root, cfg, ident)  # type: ignore[attr-defined]
     node = node_name(cfg.get("k3s.node_name"), ident)
-    click.echo(plan_text(kube, node, cfg, control_plane=ident.is_control_plane), nl=False)
+    steps = LeaveSequence(obj.root, cfg, imds=imds, kube_factory=lambda _i: kube).plan(ident)  # type: ignore[attr-defined]
+    click.echo(plan_text(kube, node, cfg, control_plane=ident.is_control_plane, steps=steps), nl=False)

@@ -264,8 +264,11 @@ SCHEMA = Schema(
         Opt("leave.failure_result", "str", "CONTINUE", "Terminate-hook result when a leave step failed.",
           choices=("CONTINUE", "ABANDON")),
         # signals
-        Opt("notify.webhook_url", "str", None, "POST a JSON event here on each leave phase.", nullable=True,
-          pattern=_URL),
+        Opt("notify.webhook_url", "str", None,
+            "POST a JSON event here on each leave phase; a credential (masked), https unless "
+            "notify.webhook_allow_plain_http; redirects are not followed.", nullable=True, pattern=_URL, secret=True),
+        Opt("notify.webhook_allow_plain_http", "bool", False,
+            "Send the webhook over plain, unencrypted http:// (its URL and secret header readable on the wire)."),
         Opt("notify.webhook_secret", "str", None, "Value of the webhook's secret header.", nullable=True, secret=True),
         Opt("notify.webhook_secret_header", "str", "X-Herd-Secret", "Header that carries the webhook secret."),
         Opt("metrics.textfile_dir", "str", "/var/lib/node_exporter/textfile_collector",

@@ -10,8 +10,10 @@ parallelism. Answers, from the Kubernetes API-initiated eviction docs:
 - 404: already gone; 5xx: retried with the same backoff; 403: a permission error, recorded.
 
 The loop sleeps until the next retry is due or a second passes (to see terminations), never
-spins. When the budget is spent, the pods left are deleted (``leave.delete_after_budget``, with
-their own grace period capped to what is left) or left, and each is recorded as timed out.
+spins. When the budget is spent, the pods left are deleted (``leave.delete_after_budget``, grace
+period 0) or left, and each is recorded as timed out. A pod deleted that way is marked ``forced``
+with the PodDisruptionBudget that refused it (:meth:`DrainReport.forced`), so the reports can say
+which budgets were overridden.
 """
 
 from __future__ import annotations
@@ -34,12 +36,18 @@ _PDB_NAME = re.compile(r"disruption budget (\S+?)(?: |$|\.)")
 
 @dataclass
 class PodOutcome:
-    """How one pod fared: ``evicted``, ``deleted``, ``gone``, ``skipped``, ``blocked`` or ``timed-out``."""
+    """How one pod fared: ``evicted``, ``deleted``, ``gone``, ``skipped``, ``blocked`` or ``timed-out``.
+
+    ``pdb`` names the PodDisruptionBudget (``namespace/name``) that last refused its eviction;
+    ``forced`` is True when the pod was deleted because the budget ran out (its PDB overridden).
+    """
 
     pod: str
     outcome: str
     detail: str = ""
     attempts: int = 0
+    pdb: str | None = None
+    forced: bool = False
 
 
 @dataclass
@@ -56,8 +64,13 @@ class DrainReport:
         return sum(1 for o in self.outcomes.values() if o.outcome == outcome)
 
     def blocked(self) -> list[PodOutcome]:
-        """Pods that were refused at least once or never left, with why."""
-        return [o for o in self.outcomes.values() if o.outcome in ("blocked", "timed-out")]
+        """Pods that never left on their own: still blocked, timed out, or force-deleted when the
+        budget ran out."""
+        return [o for o in self.outcomes.values() if o.outcome in ("blocked", "timed-out") or o.forced]
+
+    def forced(self) -> list[PodOutcome]:
+        """Pods deleted because the budget ran out (their PodDisruptionBudget overridden)."""
+        return [o for o in self.outcomes.values() if o.forced]
 
 
 @dataclass(frozen=True)
@@ -129,6 +142,8 @@ class Drainer:
         clock: monotonic seconds.
         wait: ``wait(seconds)`` that returns early when the drain should stop (default an Event).
         on_progress: called with a one-line status each round (systemd STATUS, events).
+        on_round: called with the outcomes so far after each round (the leave journals them, so
+            a resumed drain keeps the history of the pods that left before a crash).
     """
 
     BACKOFF_START_S = 1.0
@@ -137,7 +152,8 @@ class Drainer:
 
     def __init__(self, api: KubeDrainApi, node: str, policy: DrainPolicy, budget_s: float, *,
                  clock: Callable[[], float] = time.monotonic, wait: Callable[[float], Any] | None = None,
-                 on_progress: Callable[[str], None] | None = None) -> None:
+                 on_progress: Callable[[str], None] | None = None,
+                 on_round: Callable[[dict[str, PodOutcome]], None] | None = None) -> None:
         self.api = api
         self.node = node
         self.policy = policy
@@ -146,6 +162,7 @@ class Drainer:
         self._stop = threading.Event()
         self.wait = wait or self._stop.wait
         self.on_progress = on_progress or (lambda _s: None)
+        self.on_round = on_round or (lambda _o: None)
         self.report = DrainReport()
         self._next_try: dict[str, float] = {}
         self._tries: dict[str, int] = {}
@@ -217,8 +234,12 @@ class Drainer:
                         self._outcome(k, "gone")
                     elif code == 429:
                         match = _PDB_NAME.search(message)
-                        pdb = f"PodDisruptionBudget {match.group(1)}" if match else "a PodDisruptionBudget"
+                        # A 429 names its budget in a DisruptionBudget cause; one without is the API
+                        # server throttling (API Priority and Fairness), not a budget.
+                        pdb = f"PodDisruptionBudget {match.group(1)}" if match else "the API server (429, no budget)"
                         self._outcome(k, "blocked", f"blocked by {pdb}: {message}")
+                        if match:
+                            self.report.outcomes[k].pdb = f"{k.split('/', 1)[0]}/{match.group(1)}"
                         self._backoff(k, self.clock())
                         log.log(logging.INFO if self._tries[k] == 1 else logging.DEBUG,
                                 "eviction of %s refused by %s (attempt %d); retrying", k, pdb, self._tries[k])
@@ -226,6 +247,7 @@ class Drainer:
                         self._outcome(k, "blocked", f"eviction answered {code}: {message}")
                         self._backoff(k, self.clock())
                 remaining = waiting + len(to_evict)
+                self.on_round(self.report.outcomes)
                 left = deadline - self.clock()
                 self.on_progress(f"draining {self.node}: {remaining} pod(s) to go, "
                                  f"{self.report.count('evicted')} evicted, {left:.0f}s of budget left")
@@ -253,6 +275,7 @@ class Drainer:
             if self.policy.delete_after_budget and o.outcome != "evicting":
                 code = self.api.delete(pod["metadata"].get("namespace", "default"), pod["metadata"]["name"], 0)
                 o.outcome = "deleted" if code in (200, 404) else "timed-out"
+                o.forced = code in (200, 404)
                 o.detail = f"budget spent; deleted ({o.detail})" if code in (200, 404) else o.detail
             elif o.outcome != "evicting":
                 o.outcome = "timed-out"
@@ -262,6 +285,7 @@ class Drainer:
                 o.detail = "still terminating when the budget was spent"
         log.warning("drain of %s: budget of %.0fs spent; %d pod(s) did not leave in time", self.node, self.budget_s,
                     len(self.report.blocked()))
+        self.on_round(self.report.outcomes)
 
     def stop(self) -> None:
         """Ask a running drain to stop at its next wait."""

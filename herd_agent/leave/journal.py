@@ -24,6 +24,7 @@ from herd_agent.host.fsroot import HostRoot
 
 JOURNAL = "/var/lib/herd-agent/leave.json"
 LOCK = "/run/herd-agent/leave.lock"
+JOURNAL_MODE = 0o600
 STEPS = ("cordon", "drain", "etcd", "delete-node", "stop-k3s", "complete-hook")
 
 
@@ -55,9 +56,12 @@ class LeaveJournal:
         hook: the terminating lifecycle hook ``{name, group, heartbeat_timeout_s, global_timeout_s}``
             or None.
         steps: step name → :class:`StepState`.
-        pods: pod → ``{outcome, detail}`` from the drain.
+        pods: pod → ``{outcome, detail}`` from the drain, kept across resumes (saved each drain
+            round; a pod that left while the agent was down keeps the outcome it was heading to).
         result: the lifecycle action result sent (CONTINUE/ABANDON) once completed.
         finished_at: epoch seconds when the sequence ended.
+        etcd_peers: (external etcd) client URLs of the cluster as seen before our member left, so a
+            replay after a crash asks the other members once ours is stopped.
     """
 
     reason: str
@@ -68,11 +72,19 @@ class LeaveJournal:
     pods: dict[str, dict[str, str]] = field(default_factory=dict)
     result: str | None = None
     finished_at: float | None = None
+    etcd_peers: list[str] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
         """True when every step is done, failed or skipped."""
         return all(s.status in ("done", "failed", "skipped") for s in self.steps.values())
+
+    @property
+    def ended(self) -> bool:
+        """True when every step is final and the end (metrics, webhook, ``finished_at``) was written;
+        a journal killed between its last step and its end is :attr:`finished` but not ended, and is
+        resumed to write the end."""
+        return self.finished and self.finished_at is not None
 
     def to_json(self) -> str:
         """The journal as JSON text."""
@@ -97,8 +109,11 @@ def load(root: HostRoot) -> LeaveJournal | None:
 
 
 def save(root: HostRoot, journal: LeaveJournal) -> None:
-    """Write the journal atomically (mode 0644)."""
-    root.write(JOURNAL, journal.to_json(), mode=0o644, only_if_changed=False)
+    """Write the journal atomically, mode 0600, every registered secret and secret shape masked
+    (:func:`herd_agent.redact.redact`): step details carry error texts, which may quote anything."""
+    from herd_agent.redact import redact
+
+    root.write(JOURNAL, redact(journal.to_json()), mode=JOURNAL_MODE, only_if_changed=False)
 
 
 class LeaveLock:

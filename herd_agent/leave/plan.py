@@ -68,8 +68,13 @@ def plan(pods: list[dict[str, Any]], pdbs: list[dict[str, Any]], cfg: Config) ->
             "expected_s": expected + float(cfg.get("leave.reserve_s"))}
 
 
-def plan_text(kube: Any, node: str, cfg: Config, *, control_plane: bool) -> str:
-    """Read the Node's pods and the budgets through ``kube`` (lightkube) and render the plan."""
+def plan_text(kube: Any, node: str, cfg: Config, *, control_plane: bool,
+              steps: list[tuple[str, str]] | None = None) -> str:
+    """Read the Node's pods and the budgets through ``kube`` (lightkube) and render the plan.
+
+    Args:
+        steps: ``(step, what it would do)`` from :meth:`LeaveSequence.plan` (the one list of steps).
+    """
     from lightkube.resources.core_v1 import Pod
     from lightkube.resources.policy_v1 import PodDisruptionBudget
 
@@ -86,6 +91,6 @@ def plan_text(kube: Any, node: str, cfg: Config, *, control_plane: bool) -> str:
         out.append(f"  {name}: {b['allowed']} disruption(s) allowed now "
                    f"({b['healthy']} healthy, {b['desired']} needed)")
     out += ["", "would block:"] + ([f"  {b}" for b in result["blocking"]] or ["  nothing"])
-    steps = "cordon, drain, " + ("etcd leave, " if control_plane else "") + "delete Node, stop k3s, complete the hook"
-    out += ["", f"steps: {steps}", f"expected duration: about {result['expected_s']:.0f}s"]
+    out += ["", "steps:"] + [f"  {name:<14} {what}" for name, what in steps or []]
+    out += ["", f"expected duration: about {result['expected_s']:.0f}s"]
     return "\n".join(out) + "\n"

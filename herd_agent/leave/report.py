@@ -25,24 +25,42 @@ def _rfc3339(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
-def node_event(kube: Any, node: str, reason: str, message: str, *, warning: bool = False) -> None:
+def node_event(kube: Any, node: str, reason: str, message: str, *, warning: bool = False,
+               name: str | None = None) -> bool:
     """Create a core/v1 Event about Node ``node`` (``involvedObject`` kind Node, namespace default,
-    source ``herd-agent``), as ``kubectl describe node`` shows them."""
+    source ``herd-agent``), as ``kubectl describe node`` shows them.
+
+    Args:
+        name: the Event's name; a fixed name makes the Event once-only (a second create answers
+            409 AlreadyExists, which counts as sent). Default: ``<node>.<random hex>``.
+
+    Returns True when the Event exists now (created, or already there).
+    """
     try:
+        from lightkube import ApiError
         from lightkube.models.core_v1 import EventSource, ObjectReference
         from lightkube.models.meta_v1 import ObjectMeta
         from lightkube.resources.core_v1 import Event
 
+        from herd_agent.redact import redact
+
         now = _rfc3339(time.time())
-        kube.create(Event(
-            metadata=ObjectMeta(name=f"{node}.{uuid.uuid4().hex[:16]}", namespace="default"),
-            involvedObject=ObjectReference(kind="Node", name=node, apiVersion="v1"),
-            reason=reason, message=message, type="Warning" if warning else "Normal",
-            source=EventSource(component="herd-agent", host=node), count=1,
-            firstTimestamp=now, lastTimestamp=now, reportingComponent="herd-agent", reportingInstance=node,
-        ))
+        try:
+            kube.create(Event(
+                metadata=ObjectMeta(name=name or f"{node}.{uuid.uuid4().hex[:16]}", namespace="default"),
+                involvedObject=ObjectReference(kind="Node", name=node, apiVersion="v1"),
+                reason=reason, message=redact(message), type="Warning" if warning else "Normal",
+                source=EventSource(component="herd-agent", host=node), count=1,
+                firstTimestamp=now, lastTimestamp=now, reportingComponent="herd-agent", reportingInstance=node,
+            ))
+        except ApiError as exc:
+            if exc.status.code == 409 and name:
+                return True
+            raise
+        return True
     except Exception as exc:  # an Event must never break the leave
         _limited.log(logging.WARNING, "event", "could not create Event %s on Node %s: %s", reason, node, exc)
+        return False
 
 
 def _escape(value: str) -> str:
@@ -73,14 +91,19 @@ def write_metrics(root: HostRoot, cfg: Config, values: dict[str, Any]) -> None:
     textfile collector.
 
     Args:
-        values: any of ``leave_duration_seconds``, ``pods_evicted``, ``pods_blocked``,
+        values: any of ``leave_duration_seconds``, ``pods_evicted``, ``pods_blocked``, ``pods_force_deleted``,
             ``termination_reason`` (str), ``watcher_healthy`` (bool), ``watcher_last_poll``
             (epoch seconds). Values given before and not now are kept (the file is one set).
     """
     spec = {
         "leave_duration_seconds": ("herd_agent_leave_duration_seconds", "Seconds the last leave sequence took."),
         "pods_evicted": ("herd_agent_leave_pods_evicted", "Pods evicted by the last leave."),
-        "pods_blocked": ("herd_agent_leave_pods_blocked", "Pods that did not leave in time in the last leave."),
+        "pods_blocked": ("herd_agent_leave_pods_blocked",
+                         "Pods that did not leave on their own in the last leave (blocked, timed out or "
+                         "force-deleted)."),
+        "pods_force_deleted": ("herd_agent_leave_pods_force_deleted",
+                               "Pods deleted in the last leave because the drain budget ran out, overriding "
+                               "their PodDisruptionBudget."),
         "watcher_healthy": ("herd_agent_watcher_healthy", "1 when the watcher's last IMDS poll succeeded."),
         "watcher_last_poll": ("herd_agent_watcher_last_poll_timestamp_seconds",
                               "Epoch seconds of the watcher's last good IMDS poll."),
@@ -103,11 +126,45 @@ def write_metrics(root: HostRoot, cfg: Config, values: dict[str, Any]) -> None:
 _state: dict[str, Any] = {}
 
 
-def webhook(cfg: Config, event: dict[str, Any]) -> None:
-    """POST ``event`` as JSON to ``notify.webhook_url`` with the secret header (when configured)."""
+class WebhookRefused(Exception):
+    """The webhook was not sent: plain http without ``notify.webhook_allow_plain_http``."""
+
+
+def check_webhook_url(cfg: Config) -> str | None:
+    """The configured webhook URL, or None when unset.
+
+    Raises:
+        WebhookRefused: ``http://`` while ``notify.webhook_allow_plain_http`` is false (the URL is
+            itself a credential, e.g. a Slack-style incoming-webhook URL, and would cross the wire
+            in clear).
+    """
     url = cfg.get("notify.webhook_url")
     if not url:
-        return
+        return None
+    from herd_agent.redact import register_url
+
+    register_url(url)
+    if not url.lower().startswith("https://") and not cfg.get("notify.webhook_allow_plain_http"):
+        raise WebhookRefused("notify.webhook_url is plain http: use https, or set "
+                             "notify.webhook_allow_plain_http: true to send it unencrypted")
+    return url
+
+
+def webhook(cfg: Config, event: dict[str, Any]) -> bool:
+    """POST ``event`` as JSON to ``notify.webhook_url`` with the secret header (when configured).
+
+    The URL and the secret are registered with the redactor before anything can log them; redirects
+    are not followed (a 3xx is a failure: following it would hand the secret header to another
+    address); plain http needs ``notify.webhook_allow_plain_http``. Failures are logged
+    (rate-limited, redacted) and dropped. Returns True when the receiver answered 2xx.
+    """
+    try:
+        url = check_webhook_url(cfg)
+    except WebhookRefused as exc:
+        _limited.log(logging.WARNING, "webhook", "webhook not sent: %s", exc)
+        return False
+    if not url:
+        return False
     headers = {"Content-Type": "application/json"}
     secret = cfg.get("notify.webhook_secret")
     if secret:
@@ -118,6 +175,72 @@ def webhook(cfg: Config, event: dict[str, Any]) -> None:
     try:
         import requests
 
-        requests.post(url, json=event, headers=headers, timeout=5).raise_for_status()
+        resp = requests.post(url, json=event, headers=headers, timeout=5, allow_redirects=False)
+        if 300 <= resp.status_code < 400:
+            raise RuntimeError(f"the receiver answered {resp.status_code} (a redirect, not followed)")
+        resp.raise_for_status()
+        return True
     except Exception as exc:
-        _limited.log(logging.WARNING, "webhook", "webhook %s failed: %s", url, exc)
+        from herd_agent.redact import redact
+
+        _limited.log(logging.WARNING, "webhook", "webhook failed: %s", redact(f"{type(exc).__name__}: {exc}"))
+        return False
+
+
+class LeaveReporter:
+    """One leave's reports: an Event on the Node, a webhook POST and systemd STATUS per phase, and
+    the metrics at the end. Beside the step engine; nothing here can fail the leave.
+
+    Args:
+        root, cfg: host root and config (metrics directory, webhook).
+        node: our Node's name.
+        ident: our identity (instance id, cluster in the webhook body).
+        journal: the leave's journal (reason; ``started_at`` names the once-only start Event).
+        kube: ``() -> lightkube.Client | None``: the client when one exists (Events need it).
+        status: systemd STATUS sender.
+        clock: epoch seconds.
+    """
+
+    def __init__(self, root: HostRoot, cfg: Config, node: str, ident: Any, journal: Any,
+                 kube: Any, status: Any, clock: Any = time.time) -> None:
+        self.root, self.cfg, self.node, self.ident, self.journal = root, cfg, node, ident, journal
+        self.kube, self.status, self.clock = kube, status, clock
+        try:
+            check_webhook_url(cfg)  # registers the URL with the redactor before anything logs
+        except WebhookRefused as exc:
+            _limited.log(logging.WARNING, "webhook", "webhook disabled: %s", exc)
+
+    def _webhook(self, event: dict[str, Any]) -> None:
+        webhook(self.cfg, {**event, "node": self.node, "instance_id": self.ident.instance_id,
+                           "cluster": self.ident.cluster, "reason": self.journal.reason, "time": self.clock()})
+
+    def phase(self, reason: str, message: str, *, warning: bool = False, name: str | None = None) -> None:
+        """Report one phase: systemd STATUS, an Event on the Node (``name`` makes it once-only),
+        a webhook POST."""
+        self.status(f"leaving ({self.journal.reason}): {message}")
+        kube = self.kube()
+        if kube is not None:
+            node_event(kube, self.node, reason, message, warning=warning, name=name)
+        self._webhook({"event": reason, "message": message})
+
+    def started(self) -> None:
+        """``HerdLeaveStarted``, once per leave: the Event's name is derived from the leave's start
+        time, so a resumed leave's second create answers 409 and no second Event appears."""
+        self.phase("HerdLeaveStarted", f"leaving the cluster: {self.journal.reason}",
+                   name=f"{self.node}.herd-leave-started.{int(self.journal.started_at * 1000):x}")
+
+    def finished(self) -> None:
+        """Metrics for node_exporter, the summary as STATUS and log, the ``HerdLeaveFinished`` webhook."""
+        journal = self.journal
+        pods = journal.pods.values()
+        write_metrics(self.root, self.cfg, {
+            "leave_duration_seconds": (journal.finished_at or self.clock()) - journal.started_at,
+            "pods_evicted": sum(1 for p in pods if p["outcome"] in ("evicted", "gone")),
+            "pods_blocked": sum(1 for p in pods if p["outcome"] in ("blocked", "timed-out") or p.get("forced")),
+            "pods_force_deleted": sum(1 for p in pods if p.get("forced")),
+            "termination_reason": journal.reason})
+        failed = [n for n, s in journal.steps.items() if s.status == "failed"]
+        summary = f"left: {', '.join(f'{n}={s.status}' for n, s in journal.steps.items())}"
+        self.status(summary)
+        self._webhook({"event": "HerdLeaveFinished", "failed_steps": failed, "result": journal.result})
+        log.info("%s", summary)

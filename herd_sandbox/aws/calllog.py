@@ -20,7 +20,8 @@ class Call:
         access_key_id: the access key id from the SigV4 ``Authorization`` header ("" if unsigned).
         instance_ids: every EC2 instance id named in the request parameters, in order.
         time: wall-clock time of the request (seconds since the epoch).
-        outcome: ``"ok"``, ``"throttled"`` (injected throttling) or the AWS error code
+        outcome: ``"ok"``, ``"throttled"`` (injected throttling), ``"fault-5xx"`` /
+            ``"fault-access-denied"`` (injected faults, :mod:`herd_sandbox.aws.faults`) or the AWS error code
             (``"ValidationError"``, ``"ParameterNotFound"``…; ``"HTTP<status>"`` if none is given).
         status: the HTTP status code returned.
     """

@@ -31,12 +31,21 @@ def aws() -> None:
     "--hooks/--no-hooks", default=True, show_default=True, help="Give the --asg group launch/terminate hooks."
 )
 @click.option("--json-only", is_flag=True, help="Print only the JSON endpoints line (for scripts).")
+@click.option("--fault", "faults", multiple=True, metavar="SPEC",
+              help="Inject a fault from the start: service:Action=5xx|access-denied[*COUNT][@caller] "
+                   "(docs/sandbox-aws.md). Repeatable.")
 def serve(
-    region_name: str, port: int, time_factor: float, asg_name: str | None, size: int, hooks: bool, json_only: bool
+    region_name: str, port: int, time_factor: float, asg_name: str | None, size: int, hooks: bool, json_only: bool,
+    faults: tuple[str, ...] = (),
 ) -> None:
     """Start the region, print its endpoints as one JSON line, run until SIGINT/SIGTERM."""
+    from herd_sandbox.aws.faults import AwsFault
     from herd_sandbox.aws.region import Hook, Region
 
+    try:
+        rules = [AwsFault.parse(spec) for spec in faults]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--fault") from None
     stop = threading.Event()
 
     def on_signal(_signum: int, _frame: Any) -> None:
@@ -46,6 +55,8 @@ def serve(
     region = Region(region_name=region_name, time_factor=time_factor, port=port)
     try:
         region.start()
+        for rule in rules:
+            region.faults.add(rule)
         if asg_name:
             region.create_launch_template(f"{asg_name}-template", user_data="#!/bin/sh\n")
             region.create_group(
@@ -80,3 +91,33 @@ def serve(
         region.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@aws.command()
+@click.option("--endpoint", required=True, help="The running region's endpoint_url (from `serve`'s JSON line).")
+@click.option("--clear", is_flag=True, help="Remove every injected fault instead.")
+@click.argument("specs", nargs=-1, metavar="[SPEC]...")
+def fault(endpoint: str, clear: bool, specs: tuple[str, ...]) -> None:
+    """Inject AWS faults into a running region, e.g. ``autoscaling:CompleteLifecycleAction=5xx*3``
+    or ``autoscaling:CompleteLifecycleAction=access-denied*2@i-0abc`` (SPEC:
+    service:Action=5xx|access-denied[*COUNT][@caller]); prints the active rules as JSON."""
+    from dataclasses import asdict
+
+    import requests
+
+    from herd_sandbox.aws.faults import CONTROL_PATH, AwsFault
+
+    url = endpoint.rstrip("/") + CONTROL_PATH
+    try:
+        rules = [AwsFault.parse(spec) for spec in specs]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="SPEC") from None
+    if clear:
+        resp = requests.delete(url, timeout=10)
+    for rule in rules:
+        resp = requests.post(url, json=asdict(rule), timeout=10)
+        resp.raise_for_status()
+    if not clear and not rules:
+        resp = requests.get(url, timeout=10)
+    resp.raise_for_status()
+    click.echo(json.dumps(resp.json()["rules"]))

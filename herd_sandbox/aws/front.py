@@ -1,4 +1,5 @@
-"""WSGI middleware in front of moto: call log, throttling, and the Auto Scaling actions moto lacks.
+"""WSGI middleware in front of moto: call log, throttling, injected faults
+(:mod:`herd_sandbox.aws.faults`), and the Auto Scaling actions moto lacks.
 
 Handled here rather than in moto: ``CompleteLifecycleAction``, ``RecordLifecycleActionHeartbeat``,
 ``PutLifecycleHook`` validation (HeartbeatTimeout 30–7200 s, DefaultResult CONTINUE|ABANDON), and
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from herd_sandbox.aws.calllog import Call, CallLog
+from herd_sandbox.aws.faults import CONTROL_PATH, FaultInjector
 from herd_sandbox.aws.lifecycle import LifecycleEngine, LifecycleError
 from herd_sandbox.aws.throttle import Throttler
 from herd_sandbox.aws.wire import (
@@ -41,6 +43,7 @@ class AwsFront:
         calls: where every call is recorded.
         throttler: throttling rules.
         caller_of: maps an access key id to a caller name (instance id, ``"operator"``…).
+        faults: injected 5xx / access-denied rules (a fresh :class:`FaultInjector` by default).
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class AwsFront:
         throttler: Throttler,
         caller_of: Callable[[str], str],
         asg_backend: Callable[[], Any],
+        faults: FaultInjector | None = None,
     ) -> None:
         self._moto = moto_app
         self._lock = lock
@@ -60,12 +64,15 @@ class AwsFront:
         self._throttler = throttler
         self._caller_of = caller_of
         self._asg = asg_backend
+        self.faults = faults or FaultInjector()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         """WSGI entry: log, maybe throttle, then answer (own handler or moto)."""
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length) if length else b""
         environ["wsgi.input"] = io.BytesIO(body)
+        if environ.get("PATH_INFO") == CONTROL_PATH:
+            return self._send(start_response, self.faults.control(environ.get("REQUEST_METHOD", "GET"), body))
         req = parse_request(environ, body)
         if not req.service:  # unsigned: moto's own dashboard/API; not an AWS call
             with self._lock:
@@ -74,13 +81,16 @@ class AwsFront:
         started = time.time()
         caller = self._caller_of(req.access_key_id)
         throttled = False
+        injected = None
         if self._throttler.denied(req.service, req.action, caller):
             reply = access_denied_reply(req, caller)
         elif throttled := self._throttler.should_throttle(req.service, req.action):
             reply = throttle_reply(req)
+        elif (injected := self.faults.answer(req, caller)) is not None:
+            reply = injected[0]
         else:
             reply = self._dispatch(req, environ)
-        outcome = "throttled" if throttled else (reply.error_code() or "ok")
+        outcome = "throttled" if throttled else injected[1] if injected else (reply.error_code() or "ok")
         self._calls.record(
             Call(
                 service=req.service,

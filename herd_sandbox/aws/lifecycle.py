@@ -8,7 +8,10 @@ Scaling lifecycle hooks", "Complete a lifecycle action"):
   and the group launches a replacement.
 - Termination (scale-in, TerminateInstanceInAutoScalingGroup, an Unhealthy instance):
   ``Terminating`` → ``Terminating:Wait`` → ``Terminating:Proceed`` → ``Terminated``; the EC2
-  instance is terminated at the end. CONTINUE and ABANDON both let termination go on.
+  instance is terminated at the end. CONTINUE and ABANDON both let termination go on. The
+  transition takes time, as on AWS: after the last action of a termination wait ends, the
+  instance stays ``Terminating:Proceed`` and keeps running for :data:`PROCEED_DELAY_S` (scaled)
+  before it is terminated — an agent must not assume it is gone the moment it completed the action.
 - Each wait ends when every hook's action is complete (an ABANDON ends it at once), when the
   heartbeat timeout passes without ``RecordLifecycleActionHeartbeat``, or when the global timeout
   ``min(172800 s, 100 × HeartbeatTimeout)`` passes; a timeout applies the hook's DefaultResult.
@@ -30,6 +33,9 @@ from herd_sandbox.aws.servers import THREAD_PREFIX
 
 LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
 TERMINATING = "autoscaling:EC2_INSTANCE_TERMINATING"
+PROCEED_DELAY_S = 30.0
+"""AWS seconds an instance stays ``Terminating:Proceed`` (running) after its termination wait ended."""
+
 MAX_GLOBAL_TIMEOUT = 172800
 """AWS caps the global timeout of a lifecycle action at 48 hours (seconds)."""
 
@@ -151,6 +157,7 @@ class LifecycleEngine:
         self._actions: dict[str, list[LifecycleAction]] = {}
         self.finished: list[LifecycleAction] = []  # every ended action, with its result and how it ended
         self._left: dict[str, str] = {}  # lifecycle state of instances no longer in a group
+        self._proceeding: dict[str, tuple[float, Any, Any]] = {}  # instance id → (terminate at, group, state)
         self._thread: threading.Thread | None = None
         self._stopping = False
 
@@ -184,6 +191,7 @@ class LifecycleEngine:
             while not self._stopping:
                 self.expire()
                 pending = [a.deadline for acts in self._actions.values() for a in acts if a.result is None]
+                pending += [due for due, _g, _s in self._proceeding.values()]
                 self.cond.wait(None if not pending else max(0.0, min(pending) - self._clock()))
 
     def expire(self) -> int:
@@ -199,6 +207,10 @@ class LifecycleEngine:
                 acts = self._actions.get(action.instance_id, [])
                 if action in acts:
                     self._finish(action, action.default_result, how="timeout")
+            for instance_id, (at, group, state) in list(self._proceeding.items()):
+                if at <= now:
+                    del self._proceeding[instance_id]
+                    self._terminated(group, state)
             return len(due)
 
     # -- queries -------------------------------------------------------------------------------
@@ -307,6 +319,7 @@ class LifecycleEngine:
 
     def _cancel(self, instance_id: str) -> None:
         self._actions.pop(instance_id, None)
+        self._proceeding.pop(instance_id, None)
 
     def _replace(self, old: LifecycleAction, new: LifecycleAction) -> None:
         acts = self._actions[old.instance_id]
@@ -355,7 +368,9 @@ class LifecycleEngine:
                 self._set(state, "Pending:Proceed")
                 self._set(state, "InService")
         else:
-            self._terminated(group, state)
+            self._set(state, "Terminating:Proceed")
+            self._proceeding[state.instance.id] = (self._clock() + self.scaled(PROCEED_DELAY_S), group, state)
+            self.cond.notify_all()
 
     def _terminated(self, group: Any, state: Any) -> None:
         instance_id = state.instance.id

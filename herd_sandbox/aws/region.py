@@ -157,7 +157,7 @@ class Region:
         try:
             _reset_moto()
             self._engine = LifecycleEngine(self.cond, self._asg, self.time_factor, clock=self._clock)
-            front = AwsFront(
+            front = self._front = AwsFront(
                 DomainDispatcherApplication(create_backend_app),
                 self.cond,
                 self._engine,
@@ -479,6 +479,11 @@ class Region:
         """Answer ``service``/``action`` (``"*"``: all) from ``caller`` (an instance id, ``"operator"``;
         None: everyone) with the service's access-denied error, as a missing IAM permission would."""
         self.throttler.deny(service, action, caller)
+
+    @property
+    def faults(self) -> Any:
+        """The region's injected AWS faults (:class:`herd_sandbox.aws.faults.FaultInjector`)."""
+        return self._front.faults
 
     def clear_throttles(self) -> None:
         """Stop every injected throttling and denial."""

@@ -2,7 +2,10 @@
 
 Each pass is idempotent and writes only what differs, so the loop settles:
 
-- graceful deletions ending (pods removed once their grace period × time factor has passed);
+- graceful deletions ending (pods removed once their grace period × time factor has passed, or
+  sooner when annotated ``sandbox.herd.io/exits-after-seconds``); a pod on a NotReady node is not
+  reaped: with its kubelet gone nothing confirms it stopped, so it stays Terminating until the node
+  is Ready again or the Node object is deleted (then pod GC removes it);
 - namespace termination (content removed, then the namespace) and a ``default`` ServiceAccount
   per namespace;
 - garbage collection: objects whose owners (by uid) are all gone are deleted, pods bound to a
@@ -15,7 +18,10 @@ Each pass is idempotent and writes only what differs, so the loop settles:
   (NoSchedule, NoExecute) they tolerate and whose labels match their ``nodeSelector``;
 - kubelets: pods bound to a Ready node become Running and Ready at once; on a NotReady node
   they lose Ready;
-- status of ReplicaSets, Deployments, DaemonSets, StatefulSets and PodDisruptionBudgets.
+- status of ReplicaSets, Deployments, DaemonSets, StatefulSets and PodDisruptionBudgets;
+- k3s' node controller (the API stands in for a k3s server's): when a Node is deleted, its
+  ``kube-system/<node>.node-password.k3s`` Secret goes too (k3s ``pkg/node/controller.go``,
+  ``onRemove``), so a node re-joins under the same name without anyone deleting Secrets.
 """
 
 from __future__ import annotations
@@ -117,6 +123,7 @@ class World:
         self._thread: threading.Thread | None = None
         self._dirty = threading.Event()
         self._paused = threading.Event()
+        self._removed_nodes: list[str] = []
         self.passes = 0
         self.errors: list[str] = []  # failed passes (the fixtures fail a test that caused one)
         store.add_listener(self._on_event)
@@ -130,6 +137,8 @@ class World:
             self.t[kind] = row
 
     def _on_event(self, event: Event) -> None:
+        if event.type == "DELETED" and event.key == ("", "nodes"):
+            self._removed_nodes.append(event.obj["metadata"]["name"])
         self._dirty.set()
 
     def start(self) -> None:
@@ -165,7 +174,8 @@ class World:
     def reconcile(self) -> None:
         """Run every pass once (under the store lock, so API calls see a consistent world)."""
         with self.store.lock:
-            self.store.reap()
+            self.store.reap(hold=self._kubelet_gone)
+            self._node_passwords()
             self._namespaces()
             self._garbage_collect()
             self._deployments()
@@ -210,6 +220,21 @@ class World:
         return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": copy.deepcopy(template.get("spec") or {})}
 
     # -- passes -------------------------------------------------------------------------
+
+    def _kubelet_gone(self, key: tuple[str, str], obj: Obj) -> bool:
+        """A terminating pod on a NotReady node is never confirmed gone: its kubelet cannot report
+        (Kubernetes keeps it Terminating until the node returns or the Node object is deleted)."""
+        if key != ("", "pods"):
+            return False
+        node = self.store.find(self.t["Node"], None, (obj.get("spec") or {}).get("nodeName") or "")
+        return node is not None and not node_ready(node)
+
+    def _node_passwords(self) -> None:
+        secrets = self.store.registry.by_kind("", "Secret")
+        while self._removed_nodes and secrets is not None:
+            name = self._removed_nodes.pop()
+            if self.store.find(self.t["Node"], None, name) is None:
+                self.store.force_remove(secrets, "kube-system", f"{name}.node-password.k3s")
 
     def _namespaces(self) -> None:
         for ns in self._list("Namespace"):

@@ -8,15 +8,25 @@ recently evicted (``status.disruptedPods``); ``minAvailable`` as an integer give
 pods' controllers (Deployment, ReplicaSet, StatefulSet), percentages rounded up;
 ``disruptionsAllowed = max(0, currentHealthy - desiredHealthy)``.
 
-Eviction (https://kubernetes.io/docs/concepts/scheduling-eviction/api-eviction/): pods that are
-terminal, Pending or already being deleted are deleted without a budget check; more than one
-matching budget is a 500; a healthy pod is evicted only while ``disruptionsAllowed > 0`` (else
-429 TooManyRequests with a ``DisruptionBudget`` cause); an unhealthy pod is evicted when the
-budget is met (``unhealthyPodEvictionPolicy`` IfHealthyBudget) or always (AlwaysAllow).
+Fail-safe (the disruption controller's ``failSafe``): when ``expectedPods`` cannot be computed —
+a ``maxUnavailable`` or percentage ``minAvailable`` budget over a pod with no scalable controller
+(a bare pod, or one owned by a DaemonSet or Job) — the status allows no disruption
+(``disruptionsAllowed: 0``, condition ``DisruptionAllowed=False`` reason ``SyncFailed``).
+
+Eviction (https://kubernetes.io/docs/concepts/scheduling-eviction/api-eviction/ and the eviction
+REST handler): pods that are terminal, Pending or already being deleted are deleted without a
+budget check; more than one matching budget is a 500. Otherwise the decision reads the budget's
+**stored** status, as written by the last disruption-controller pass (it can be stale): a status
+whose ``observedGeneration`` lags the budget's ``generation`` answers 429 "still being processed";
+a healthy pod is evicted only while ``disruptionsAllowed > 0`` (else 429 TooManyRequests with a
+``DisruptionBudget`` cause), and the allowance is decremented in the stored status; an unhealthy
+pod is evicted when the budget is met (``unhealthyPodEvictionPolicy`` IfHealthyBudget) or always
+(AlwaysAllow).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -85,11 +95,11 @@ def compute_status(store: Store, pdb: Obj, pods: list[Obj]) -> dict[str, Any]:
     else:
         controllers: dict[str, int] = {}
         for pod in matched:
-            for owner in pod["metadata"].get("ownerReferences") or []:
-                if owner.get("controller") and owner.get("uid") not in controllers:
-                    scale = _scale_of(store, namespace, owner)
-                    if scale is not None:
-                        controllers[owner["uid"]] = scale
+            owner = next((o for o in pod["metadata"].get("ownerReferences") or [] if o.get("controller")), None)
+            scale = _scale_of(store, namespace, owner) if owner else None
+            if scale is None:
+                return _fail_safe(pdb, old, f"found no controllers for pod {pod['metadata']['name']!r}")
+            controllers.setdefault(owner["uid"], scale)  # type: ignore[index]
         expected = sum(controllers.values())
         if max_unavailable is not None:
             desired = max(0, expected - resolve(max_unavailable, expected, True))
@@ -117,6 +127,19 @@ def compute_status(store: Store, pdb: Obj, pods: list[Obj]) -> dict[str, Any]:
     if disrupted:
         status["disruptedPods"] = disrupted
     return status
+
+
+def _fail_safe(pdb: Obj, old: dict[str, Any], message: str) -> dict[str, Any]:
+    """The disruption controller's failSafe: the previous status with no disruption allowed."""
+    previous = next((c for c in old.get("conditions") or [] if c.get("type") == "DisruptionAllowed"), None)
+    transition = previous["lastTransitionTime"] if previous and previous.get("status") == "False" else now_rfc3339()
+    generation = pdb["metadata"].get("generation", 1)
+    return {**old, "observedGeneration": generation, "disruptionsAllowed": 0,
+            "currentHealthy": old.get("currentHealthy", 0), "desiredHealthy": old.get("desiredHealthy", 0),
+            "expectedPods": old.get("expectedPods", 0),
+            "conditions": [{"type": "DisruptionAllowed", "status": "False", "reason": "SyncFailed",
+                            "message": message, "lastTransitionTime": transition,
+                            "observedGeneration": generation}]}
 
 
 def refresh_namespace(store: Store, namespace: str) -> None:
@@ -167,8 +190,15 @@ def evict(store: Store, namespace: str, name: str, delete_options: dict[str, Any
         if len(matching) > 1:
             raise ApiError(500, "InternalError", MULTIPLE_PDBS, {"causes": [{"message": MULTIPLE_PDBS}]})
         pdb = matching[0]
-        pods, _ = store.list_ref(pod_type, namespace)
-        status = compute_status(store, pdb, pods)
+        pdb_name = pdb["metadata"]["name"]
+        status = copy.deepcopy(pdb.get("status") or {})
+        if int(status.get("observedGeneration", 0)) < int(pdb["metadata"].get("generation", 1)):
+            message = f"The disruption budget {pdb_name} is still being processed by the server."
+            raise ApiError(429, "TooManyRequests", EVICTION_REFUSED, {"causes": [{
+                "reason": "DisruptionBudget", "message": message}]})
+        status.setdefault("currentHealthy", 0)
+        status.setdefault("desiredHealthy", 0)
+        status.setdefault("disruptionsAllowed", 0)
         if uid_wanted and uid_wanted != pod["metadata"]["uid"]:
             store.delete(pod_type, namespace, name, grace, options.get("preconditions"))  # raises 409
         if not pod_ready(pod):
@@ -177,7 +207,6 @@ def evict(store: Store, namespace: str, name: str, delete_options: dict[str, Any
                 store.delete(pod_type, namespace, name, grace, options.get("preconditions"))
                 return
         if status["disruptionsAllowed"] <= 0:
-            pdb_name = pdb["metadata"]["name"]
             raise ApiError(429, "TooManyRequests", EVICTION_REFUSED, {"causes": [{
                 "reason": "DisruptionBudget",
                 "message": f"The disruption budget {pdb_name} needs {status['desiredHealthy']} healthy pods and has "
@@ -185,7 +214,7 @@ def evict(store: Store, namespace: str, name: str, delete_options: dict[str, Any
             }]})
         status["disruptionsAllowed"] -= 1
         status.setdefault("disruptedPods", {})[name] = now_rfc3339()
-        if status["disruptionsAllowed"] == 0:
+        if status["disruptionsAllowed"] == 0 and status.get("conditions"):
             status["conditions"][0].update(status="False", reason="InsufficientPods", lastTransitionTime=now_rfc3339())
         store.modify(pdb_type, namespace, pdb["metadata"]["name"], lambda d: {**d, "status": status},
                      subresource="status")

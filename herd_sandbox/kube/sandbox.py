@@ -194,6 +194,12 @@ class KubeSandbox:
         return identity
 
     @property
+    def faults(self) -> Any:
+        """Injected API faults (:class:`herd_sandbox.kube.faults.KubeFaults`): errors or slow answers
+        per verb and resource, e.g. ``faults.add(KubeFault("create", "pods", "eviction", status=429))``."""
+        return self.server.faults
+
+    @property
     def ca_path(self) -> Path:
         """The CA certificate (PEM) that signs the serving and client certificates."""
         return self.workdir / "pki" / "ca.crt"

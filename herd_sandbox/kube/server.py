@@ -35,6 +35,7 @@ import yaml
 from herd_sandbox.kube import convert, discovery, disruption, errors, patch, protobuf
 from herd_sandbox.kube.auth import Authenticator, Authorizer, Identity, Request, service_account_user
 from herd_sandbox.kube.errors import ApiError
+from herd_sandbox.kube.faults import KubeFaults
 from herd_sandbox.kube.resources import BUILTIN_GROUPS, ResourceType
 from herd_sandbox.kube.selectors import parse_field_selector, parse_label_selector
 from herd_sandbox.kube.store import Obj, Store, now_rfc3339
@@ -260,6 +261,7 @@ class ApiServer:
         self.https_port = 0
         self.http_port = 0
         self._stopping = threading.Event()
+        self.faults = KubeFaults()
         self.request_log: list[dict[str, Any]] = []
         self.log_context: Callable[[], dict[str, Any]] | None = None
         self._log_lock = threading.Lock()
@@ -373,6 +375,7 @@ class ApiServer:
             raise errors.method_not_allowed()
         self.authz.check(identity, Request(verb=verb, group=group, resource=rtype.plural, subresource=sub or "",
                                            namespace=namespace or "", name=name or "", path=path))
+        self.faults.apply(verb, rtype.plural, sub or "")  # injected faults (herd_sandbox/kube/faults.py)
         served = rtype.subresource(sub).verbs if sub else rtype.verbs  # type: ignore[union-attr]
         if verb not in served and not (verb == "watch" and "watch" in rtype.verbs):
             raise errors.method_not_allowed()

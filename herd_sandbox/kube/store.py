@@ -32,6 +32,8 @@ from herd_sandbox.kube import convert, errors
 from herd_sandbox.kube.errors import ApiError
 from herd_sandbox.kube.resources import Registry, ResourceType
 
+EXITS_AFTER_ANNOTATION = "sandbox.herd.io/exits-after-seconds"
+
 Obj = dict[str, Any]
 TypeKey = tuple[str, str]
 ObjKey = tuple[str, str]  # (namespace or "", name)
@@ -415,7 +417,9 @@ class Store:
         removed. Pods bound to a node and not finished get a graceful deletion: grace is
         ``grace_period`` or ``spec.terminationGracePeriodSeconds`` (default 30); the pod is
         removed by :meth:`reap` after grace × time factor real seconds; ``grace_period=0`` removes
-        at once. Namespaces go Terminating (their content is removed by the controllers).
+        at once. A pod's containers ignore SIGTERM and run out the grace period unless the pod is
+        annotated ``sandbox.herd.io/exits-after-seconds: "<s>"`` (it exits that long after
+        SIGTERM, if sooner). Namespaces go Terminating (their content is removed by the controllers).
 
         Raises:
             ApiError: 404 NotFound; 409 Conflict when a precondition (uid, resourceVersion) fails.
@@ -445,6 +449,12 @@ class Store:
             if rtype.key == ("", "namespaces"):
                 new.setdefault("status", {})["phase"] = "Terminating"
             due_in = grace * self.time_factor
+            exits_after = (meta.get("annotations") or {}).get(EXITS_AFTER_ANNOTATION)
+            if rtype.key == ("", "pods") and exits_after is not None:
+                try:
+                    due_in = min(grace, max(0.0, float(exits_after))) * self.time_factor
+                except ValueError:
+                    pass
             existing = self._due.get((rtype.key, okey))
             if grace > 0 and (existing is None or time.monotonic() + due_in < existing[0]):
                 self._due[(rtype.key, okey)] = (time.monotonic() + due_in, meta["uid"])
@@ -470,8 +480,13 @@ class Store:
             return max(0, int(requested))
         return int(spec.get("terminationGracePeriodSeconds", 30))
 
-    def reap(self) -> int:
-        """Remove objects whose grace period ran out and that have no finalizers; returns how many."""
+    def reap(self, hold: Callable[[TypeKey, Obj], bool] | None = None) -> int:
+        """Remove objects whose grace period ran out and that have no finalizers; returns how many.
+
+        Args:
+            hold: ``(key, object) -> True`` keeps an object that is due (and asks again next time):
+                a pod on a node whose kubelet is gone is never confirmed terminated.
+        """
         removed = 0
         with self.lock:
             moment = time.monotonic()
@@ -479,6 +494,9 @@ class Store:
                 if due > moment:
                     continue
                 obj = self._bucket(key).get(okey)
+                if obj is not None and obj["metadata"]["uid"] == uid and hold is not None and hold(key, obj):
+                    self._due[(key, okey)] = (moment + 1.0, uid)  # ask again later (or on the next change)
+                    continue
                 self._due.pop((key, okey), None)
                 if obj is None or obj["metadata"]["uid"] != uid:
                     continue

@@ -40,12 +40,18 @@ LAUNCH_HOOK = "herd-launch"
 TERMINATE_HOOK = "herd-terminate"
 
 
-def agent_config(etcd_mode: str, worker: bool) -> str:
+RBAC_FILE = Path(__file__).resolve().parents[2] / "packaging" / "rbac" / "herd-agent.yaml"
+AGENT_TOKEN_PARAMETER = "/herd-sandbox/agent-sa-token"
+WORKER_KUBE_CA = "/etc/herd-agent/pki/kube-ca.crt"
+
+
+def agent_config(etcd_mode: str, worker: bool, kube_server: str | None = None) -> str:
     """The ``/etc/herd-agent/config.yaml`` every sandbox instance gets (YAML text).
 
     Shorter retry and poll intervals than production so a run fits in minutes; the same code
-    paths. Workers name a kubeconfig of their own (a copy of the emulator's admin one: the
-    sandbox does not model RBAC for the agent), which a worker needs to evict pods.
+    paths. Workers need a Kubernetes credential of their own to evict pods: with ``kube_server``
+    the herd-agent ServiceAccount's token from SSM under the shipped RBAC, as a real worker has;
+    without it (no packaging/rbac in this checkout) a copy of the emulator's admin kubeconfig.
     """
     text = (
         "discovery:\n  attempts: 60\n  backoff_max_s: 1\n  health_timeout_s: 1\n"
@@ -55,7 +61,10 @@ def agent_config(etcd_mode: str, worker: bool) -> str:
         f"etcd:\n  mode: {etcd_mode}\n"  # external mode: TLS with client certificates, the default
         "leave:\n  deadline_s: 120\n  reserve_s: 5\n"
     )
-    if worker:
+    if worker and kube_server:
+        text += (f"kube:\n  token_ssm_parameter: {AGENT_TOKEN_PARAMETER}\n  server: {kube_server}\n"
+                 f"  ca_file: {WORKER_KUBE_CA}\n")
+    elif worker:
         text += f"kube:\n  kubeconfig: {WORKER_KUBECONFIG}\n"
     return text
 
@@ -235,6 +244,7 @@ class ScenarioCluster:
         self.throttle_seed = throttle_seed
         self.extra_config = dict(extra_config or {})
         self.region: Any = None
+        self.worker_kube_server: str | None = None  # set by start() when workers use the ServiceAccount
         self.kube: Any = None
         self.kubectl: Kubectl | None = None
         self.machines: dict[str, Machine] = {}
@@ -261,11 +271,30 @@ class ScenarioCluster:
         self.timeline.add("aws", f"region {self.region.region_name} at {self.region.endpoint_url} (moto + hooks)",
                           kind="aws")
         self.timeline.add("kube", f"Kubernetes API (emulated) at {self.kube.url}", kind="kube")
+        self.worker_kube_server = self._install_agent_rbac()
         self.kube_monitor = KubeMonitor(self)
         self.kube_monitor.start()
         self.aws_monitor = AwsMonitor(self)
         self.aws_monitor.start()
         return self
+
+    def _install_agent_rbac(self) -> str | None:
+        """Apply packaging/rbac/herd-agent.yaml and put the ServiceAccount's token in SSM; the API
+        URL workers use, or None when this checkout has no RBAC file (workers then get the admin
+        kubeconfig)."""
+        import yaml
+
+        if not RBAC_FILE.exists():
+            return None
+        for doc in yaml.safe_load_all(RBAC_FILE.read_text()):
+            self.kube.create(doc)
+        self.kube.service_account_kubeconfig("kube-system", "herd-agent", rbac=True)
+        token = self.kube.identity("system:serviceaccount:kube-system:herd-agent").token
+        self.region.client("ssm").put_parameter(Name=AGENT_TOKEN_PARAMETER, Value=token, Type="SecureString",
+                                                Overwrite=True)
+        self.timeline.add("kube", "workers use the herd-agent ServiceAccount (packaging/rbac) with its token in SSM",
+                          kind="kube")
+        return str(self.kube.url)
 
     def stop(self) -> None:
         """Kill every agent process (SIGKILL: the sandbox is switched off, not shut down), stop
@@ -367,9 +396,12 @@ class ScenarioCluster:
     def _boot(self, m: Machine) -> None:
         worker = m.role == WORKER
         m.inst.prepare()
-        if worker:
+        server = self.worker_kube_server
+        if worker and server:
+            m.inst.root.write(WORKER_KUBE_CA, Path(self.kube.ca_path).read_text(), mode=0o644)
+        elif worker:
             m.inst.root.write(WORKER_KUBECONFIG, Path(self.kube.admin_kubeconfig).read_text(), mode=0o600)
-        m.inst.write_config(agent_config(self.etcd_mode, worker))
+        m.inst.write_config(agent_config(self.etcd_mode, worker, server))
         if self.extra_config.get(m.role):
             m.inst.write_config(self.extra_config[m.role], name="50-extra.yaml")
         m.booted_at = self.timeline.now()

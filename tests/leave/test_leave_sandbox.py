@@ -19,7 +19,9 @@ from tests.clusters import SandboxCluster
 
 pytestmark = pytest.mark.allow_subprocess
 
-LEAVE_CONFIG = "leave:\n  heartbeat_interval_s: 0.3\n  reserve_s: 5\n"
+# No heartbeat override: the agent runs its default cadence, scaled by the region's time factor
+# (HERD_AGENT_TIME_FACTOR, set by tests/clusters.py), against the region's scaled hook timeouts.
+LEAVE_CONFIG = "leave:\n  reserve_s: 5\n"
 
 
 
@@ -94,7 +96,7 @@ def test_worker_with_20_pods_is_scaled_in(make_cluster) -> None:
     (cp,) = c.group("control-plane", 1)
     c.join(cp)
     cordon(kube, cp)
-    w1, w2 = c.group("node", 2, terminate_hook=True)
+    w1, w2 = c.group("node", 2, terminate_hook=True, heartbeat_timeout=1200)  # beats every 400 s (4 s here)
     c.join(w1)
     kube.seed(
         {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "logs", "namespace": "kube-system"},
@@ -210,7 +212,53 @@ def test_restart_outside_shutdown_drains_nothing_shutdown_leaves(make_cluster) -
     assert journal(c, w1)["reason"] == "shutdown"
 
 
-def test_killed_at_every_step_boundary_resumes_and_finishes_once(make_cluster) -> None:
+def kill_at(inst: Any, point: str) -> None:
+    """Run ``herd-agent leave`` until it stops itself at failpoint ``point``, then kill -9 it."""
+    proc = inst.spawn_agent("leave", "--reason", "asg-terminate", log_name="leave.log",
+                            env={"HERD_AGENT_FAILPOINT": point})
+    p = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 90
+    while p.status() != psutil.STATUS_STOPPED:
+        assert proc.poll() is None, (point, (inst.workdir / "leave.log").read_text())
+        assert time.monotonic() < deadline, point
+        time.sleep(0.02)  # waiting for another process to reach its failpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def mid_step_points(steps: list[str]) -> list[str]:
+    """For each step: killed after ``started`` was journaled, and after it acted but before ``done``."""
+    return [f"{s}:{where}" for s in steps for where in ("started", "acted")]
+
+
+def assert_resumed_once(c: SandboxCluster, iid: str, since: float, points: list[str]) -> dict[str, Any]:
+    """After the kills at ``points`` and a final run: every step done or skipped, each started once
+    more than it was killed mid-step, the action completed exactly once, one start Event."""
+    r = c.instances[iid].agent("leave", "--reason", "asg-terminate")
+    assert r.returncode == 0, r.stderr
+    j = journal(c, iid)
+    assert j["finished_at"]
+    for name, state in j["steps"].items():
+        assert state["status"] in ("done", "skipped"), (name, state)
+        kills = sum(1 for p in points if p.split(":")[0] == name and p.split(":")[1] in ("started", "acted"))
+        assert state["starts"] == (0 if state["status"] == "skipped" else kills + 1), (name, state)
+    completes = [x for x in c.region.calls(caller=iid, action="CompleteLifecycleAction", since=since)
+                 if x.outcome == "ok"]
+    assert len(completes) == 1
+    assert [(a.result, a.how) for a in c.region.finished_actions(iid) if a.hook == "terminate"] == [
+        ("CONTINUE", "completed")]
+    assert c.kube.find("Node", iid) is None
+    started = [e for e in c.kube.list("Event")
+               if e.get("involvedObject", {}).get("name") == iid and e["reason"] == "HerdLeaveStarted"]
+    assert len(started) == 1, started
+    assert c.instances[iid].root.path("/var/lib/herd-agent/leave.json").stat().st_mode & 0o777 == 0o600
+    return j
+
+
+def test_worker_killed_mid_step_at_every_step_resumes_and_finishes_once(make_cluster) -> None:
+    """kill -9 between ``started`` and ``done`` of every step (before it acted, and after it acted),
+    plus after the last step: every step is idempotent on replay (the Node already deleted, the
+    action already completed), the journal keeps the pods evicted before the crash."""
     c = make_cluster()
     (cp,) = c.group("control-plane", 1)
     c.join(cp)
@@ -223,33 +271,104 @@ def test_killed_at_every_step_boundary_resumes_and_finishes_once(make_cluster) -
     since = time.time()
     c.region.terminate_instance(w1, decrement=True)
     c.region.wait_for(lambda: c.region.lifecycle_state(w1) == "Terminating:Wait", timeout=30, what="wait state")
-    inst = c.instances[w1]
-    boundaries = ["cordon:after", "drain:after", "delete-node:after", "stop-k3s:after", "complete-hook:before"]
-    for point in boundaries:
-        proc = inst.spawn_agent("leave", "--reason", "asg-terminate", log_name="leave.log",
-                                env={"HERD_AGENT_FAILPOINT": point})
-        p = psutil.Process(proc.pid)
-        deadline = time.monotonic() + 60
-        while p.status() != psutil.STATUS_STOPPED:
-            assert proc.poll() is None, (point, (inst.workdir / "leave.log").read_text())
-            assert time.monotonic() < deadline, point
-            time.sleep(0.02)  # waiting for another process to reach its failpoint
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    r = inst.agent("leave", "--reason", "asg-terminate")
-    assert r.returncode == 0, r.stderr
-    j = journal(c, w1)
-    for name, state in j["steps"].items():
-        assert state["status"] in ("done", "skipped"), (name, state)
-        assert state["starts"] == (0 if state["status"] == "skipped" else 1), (name, state)
-    completes = [x for x in c.region.calls(caller=w1, action="CompleteLifecycleAction", since=since)
-                 if x.outcome == "ok"]
-    assert len(completes) == 1
+    points = mid_step_points(["cordon", "drain", "delete-node", "stop-k3s", "complete-hook"]) + ["complete-hook:after"]
+    for point in points:
+        kill_at(c.instances[w1], point)
+    j = assert_resumed_once(c, w1, since, points)
+    web = {p: o for p, o in j["pods"].items() if p.startswith("default/web-")}
+    assert len(web) == 3 and all(o["outcome"] == "evicted" for o in web.values()), web
+    c.region.wait_for(lambda: c.region.lifecycle_state(w1) == "Terminated", timeout=30, what="terminated")
+    assert len(live_pods(c.kube, w2, "web")) == 3
+
+
+def test_external_etcd_control_plane_killed_mid_step_keeps_quorum(make_cluster) -> None:
+    c = make_cluster()
+    cps = c.group("control-plane", 3, terminate_hook=True)
+    for iid in cps:
+        c.join(iid)
+    leaving = cps[1]
+    since = time.time()
+    c.region.terminate_instance(leaving, decrement=True)
+    c.region.wait_for(lambda: c.region.lifecycle_state(leaving) == "Terminating:Wait", timeout=30, what="wait")
+    points = mid_step_points(["delete-node", "stop-k3s", "etcd", "complete-hook"]) + ["complete-hook:after"]
+    for point in points:
+        kill_at(c.instances[leaving], point)
+    j = assert_resumed_once(c, leaving, since, points)
+    assert j["steps"]["etcd"]["status"] == "done"
+    ip = c.region.instance(cps[0]).private_ip
+    members = requests.post(f"http://{ip}:2379/v3/cluster/member/list", json={}, timeout=5).json()["members"]
+    assert sorted(m["name"] for m in members) == sorted([cps[0], cps[2]])
+    assert requests.get(f"http://{ip}:2379/health", timeout=5).json()["health"] == "true"
+
+
+def test_complete_lifecycle_action_is_retried_through_throttling_5xx_and_access_denied(make_cluster) -> None:
+    """CompleteLifecycleAction failing past botocore's own attempts (a throttling burst, a run of
+    5xx, a transient AccessDenied) is retried with backoff, heartbeats going on, until it succeeds."""
+    from herd_sandbox.aws.faults import AwsFault
+
+    c = make_cluster()
+    (cp,) = c.group("control-plane", 1)
+    c.join(cp)
+    (w1,) = c.group("node", 1, terminate_hook=True, heartbeat_timeout=600)  # 6 s here: beats must go on
+    c.join(w1)
+    c.region.throttle("autoscaling", "CompleteLifecycleAction", burst=6)
+    c.region.faults.add(AwsFault("autoscaling", "CompleteLifecycleAction", "5xx", count=6, caller=w1))
+    c.region.faults.add(AwsFault("autoscaling", "CompleteLifecycleAction", "access-denied", count=2, caller=w1))
+    try:
+        since = time.time()
+        c.region.terminate_instance(w1, decrement=True)
+        c.region.wait_for(lambda: c.region.lifecycle_state(w1) == "Terminating:Wait", timeout=30, what="wait")
+        r = c.instances[w1].agent("leave", "--reason", "asg-terminate")
+        assert r.returncode == 0, r.stderr
+    finally:
+        c.region.clear_throttles()
+        c.region.faults.clear()
     assert [(a.result, a.how) for a in c.region.finished_actions(w1) if a.hook == "terminate"] == [
         ("CONTINUE", "completed")]
-    c.region.wait_for(lambda: c.region.lifecycle_state(w1) == "Terminated", timeout=30, what="terminated")
-    assert c.kube.find("Node", w1) is None
-    assert len(live_pods(c.kube, w2, "web")) == 3
+    calls = c.region.calls(caller=w1, action="CompleteLifecycleAction", since=since)
+    outcomes = [x.outcome for x in calls]
+    assert {"throttled", "fault-5xx", "fault-access-denied"} <= set(outcomes) and outcomes[-1] == "ok"
+    assert outcomes.count("ok") == 1
+    beats = c.region.calls(caller=w1, action="RecordLifecycleActionHeartbeat", since=calls[0].time)
+    assert [b for b in beats if b.time < calls[-1].time], "no heartbeat while the completion was retried"
+    assert journal(c, w1)["steps"]["complete-hook"]["status"] == "done"
+
+
+def test_an_instance_that_dies_runs_no_leave(make_cluster) -> None:
+    """``SandboxInstance.die()``: every process of the instance is killed at once (the watcher, the
+    k3s stand-in); nothing leaves: no journal, the Node stays (a dead node's pods are not reaped)."""
+    c = make_cluster()
+    (cp,) = c.group("control-plane", 1)
+    c.join(cp)
+    (w1,) = c.group("node", 1)
+    c.join(w1)
+    inst = c.instances[w1]
+    proc = c.watch(w1)
+    wait_ready_line(c, w1, proc)
+    units = [p.name[:-4] for p in inst.root.path("/run/herd-sandbox").glob("*.pid")]
+    assert "k3s-agent.service" in units
+    killed = inst.die()
+    assert proc.pid in killed and proc.wait(timeout=10) == -signal.SIGKILL
+    for unit in units:
+        assert inst.systemctl("is-active", unit).stdout.strip() == "inactive"
+    assert not inst.root.exists("/var/lib/herd-agent/leave.json")
+    assert c.kube.find("Node", w1) is not None
+    with pytest.raises(RuntimeError, match="dead"):
+        inst.spawn_agent("watch")
+
+
+def test_systemctl_list_jobs_shows_the_shutdown_job(make_cluster) -> None:
+    c = make_cluster()
+    (w1,) = c.group("node", 1)
+    inst = c.instances[w1]
+    assert inst.systemctl("list-jobs").stdout.strip() == "No jobs running."
+    assert inst.systemctl("list-jobs", "--no-legend").stdout == ""
+    inst.begin_shutdown("reboot.target")
+    listed = inst.systemctl("list-jobs").stdout.splitlines()
+    assert listed[0].split() == ["JOB", "UNIT", "TYPE", "STATE"] and listed[-1] == "1 jobs listed."
+    assert inst.systemctl("list-jobs", "--no-legend").stdout.split() == ["1", "reboot.target", "start", "waiting"]
+    r = inst.systemctl("is-system-running")
+    assert (r.stdout.strip(), r.returncode) == ("stopping", 1)
 
 
 def test_control_plane_scale_in_keeps_quorum(make_cluster) -> None:

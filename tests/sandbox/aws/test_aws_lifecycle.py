@@ -134,7 +134,10 @@ def test_scale_in_waits_in_terminating_wait(aws_region: Region, group: Callable[
         InstanceId=leaving,
         LifecycleActionResult="CONTINUE",
     )
-    assert aws_region.lifecycle_state(leaving) == "Terminated"
+    # The transition takes time, as on AWS: the instance keeps running in Terminating:Proceed.
+    assert aws_region.lifecycle_state(leaving) == "Terminating:Proceed"
+    assert aws_region.ec2_state(leaving) == "running"
+    aws_region.wait_for_state(leaving, "Terminated")
     assert aws_region.ec2_state(leaving) == "terminated"
     assert group_states(aws_region, "workers") == {staying: "InService"}
 
@@ -175,7 +178,7 @@ def test_unhealthy_instance_goes_through_termination_hook(aws_region: Region, gr
     aws_region.client("autoscaling").complete_lifecycle_action(
         AutoScalingGroupName="workers", LifecycleHookName="terminate", InstanceId=iid, LifecycleActionResult="ABANDON"
     )
-    assert aws_region.lifecycle_state(iid) == "Terminated"  # ABANDON on termination still terminates
+    aws_region.wait_for_state(iid, "Terminated")  # ABANDON on termination still terminates
     assert aws_region.ec2_state(iid) == "terminated"
 
 
@@ -287,6 +290,9 @@ def test_time_factor_scales_timeouts(make_aws_region: Callable[..., Region]) -> 
     assert region.run_timers() == 0
     clock.advance(0.2)
     assert region.run_timers() == 1
+    assert region.lifecycle_state(iid) == "Terminating:Proceed"  # still running a while, as on AWS
+    clock.advance(0.01 * 30 + 0.01)
+    region.run_timers()
     assert region.lifecycle_state(iid) == "Terminated"
 
 
