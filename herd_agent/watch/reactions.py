@@ -1,9 +1,9 @@
 """What the watcher does about an event, through the leave package's public API only.
 
 - :meth:`LeaveReactions.leave`: run the leave sequence for a reason and deadline;
-- :meth:`LeaveReactions.cordon`: the ``cordon`` reaction to an advisory — ``kubectl cordon``
-  semantics (``spec.unschedulable: true`` only; the instance keeps serving, so no load-balancer
-  exclusion and no leaving taint, unlike the leave's own cordon step);
+- :meth:`LeaveReactions.cordon`: the ``cordon`` reaction to an advisory — the leave's own cordon
+  (:meth:`LeaveSequence.cordon`: unschedulable, excluded from external load balancers, tainted
+  ``herd.io/leaving``), without a journal or a drain;
 - :meth:`LeaveReactions.resume`: finish a journaled unfinished leave at start-up;
 - :meth:`LeaveReactions.confirm_termination`: the instance's Auto Scaling lifecycle state
   (``DescribeAutoScalingInstances``), for the target-lifecycle-state monitor;
@@ -98,23 +98,15 @@ class LeaveReactions:
         return done.steps["complete-hook"].status != "skipped"
 
     def cordon(self, why: str) -> None:
-        """Mark our Node unschedulable (``kubectl cordon``).
+        """Cordon our Node through the leave package (no journal, no drain).
 
         Raises:
             HerdError: no identity or no Kubernetes credential; lightkube.ApiError from the API.
         """
-        from lightkube.resources.core_v1 import Node
-        from lightkube.types import PatchType
+        from herd_agent.leave.sequence import LeaveSequence
 
-        from herd_agent.discovery.identity import read_identity
-        from herd_agent.k3s.names import node_name
-        from herd_agent.leave.sequence import make_kube_client
-
-        ident = read_identity(self.imds, self.cfg)
-        node = node_name(self.cfg.get("k3s.node_name"), ident)
-        make_kube_client(self.root, self.cfg, ident).patch(
-            Node, node, {"spec": {"unschedulable": True}}, patch_type=PatchType.MERGE)
-        log.info("cordoned %s for %s", node, why)
+        done = LeaveSequence(self.root, self.cfg, imds=self.imds, notifier=self.notifier).cordon()
+        log.info("cordon for %s: %s", why, done)
 
     def confirm_termination(self) -> str | None:
         """This instance's Auto Scaling ``LifecycleState`` (``Terminating:Wait``, ``InService``, …),

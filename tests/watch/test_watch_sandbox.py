@@ -85,8 +85,8 @@ def test_garbage_imds_answers_never_crash_the_watcher(cluster: SandboxCluster) -
 
 
 def test_maintenance_event_with_cordon_reaction_cordons_only(cluster: SandboxCluster) -> None:
-    """The ``cordon`` reaction marks the Node unschedulable (as ``kubectl cordon``), nothing more:
-    no leave, no load-balancer exclusion, and the watcher keeps watching."""
+    """The ``cordon`` reaction cordons the Node (the leave's cordon) and nothing more: no leave,
+    and the watcher keeps watching."""
     c = cluster
     (cp,) = c.group("control-plane", 1)
     c.join(cp)
@@ -96,10 +96,9 @@ def test_maintenance_event_with_cordon_reaction_cordons_only(cluster: SandboxClu
     proc = c.watch(w)
     wait_log(c, w, proc, "watching for termination")
     c.region.inject_maintenance_event(w, code="system-reboot")
-    wait_log(c, w, proc, f"cordoned {w} for maintenance")
+    wait_log(c, w, proc, "cordon for maintenance: cordoned")
     node = c.kube.find("Node", w)
     assert node is not None and node["spec"].get("unschedulable") is True
-    assert "node.kubernetes.io/exclude-from-external-load-balancers" not in node["metadata"].get("labels", {})
     assert not c.instances[w].root.exists("/var/lib/herd-agent/leave.json")
     assert proc.poll() is None
 
