@@ -315,6 +315,12 @@ class LeaveSequence:
         run = runner_mod.get_runner().run
         if how == "none":
             return "skipped: leave.stop_k3s is none"
+        if self.stopping:
+            # At shutdown the stop job of k3s is already queued, ordered after this unit: waiting
+            # for it (systemctl stop, or k3s-killall.sh, which starts with one) deadlocks until the
+            # timeout. Queue it and return; systemd stops k3s once the watcher exits.
+            run(["systemctl", "stop", "--no-block", unit], timeout=120)
+            return f"queued the stop of {unit}: systemd stops it after the watcher exits (shutdown)"
         if how == "killall":
             run(["k3s-killall.sh"], timeout=120)
             return "k3s-killall.sh stopped k3s and its pods"

@@ -133,12 +133,13 @@ def booted(base_tarball: Path, deb: Path, region: Region, kube_module: KubeSandb
     need_root()
     need("systemd-nspawn", "nsenter")
     work = tmp_path_factory.mktemp("boot")
-    cluster = SandboxCluster(region, kube_module, work / "host", toolchain, BOOT_CONFIG + INSTANCE_CONFIG)
+    cluster = SandboxCluster(region, kube_module, work / "host", toolchain, BOOT_CONFIG)
     cp = cluster.group("control-plane", 1)[0]
     cluster.join(cp)
     iid = cluster.group("node", 1, terminate_hook=True)[0]
     root = make_root(base_tarball, deb, work / "root")
     (root / "etc/herd-agent/config.d/50-sandbox.yaml").write_text(cluster.config)
+    (root / "etc/herd-agent/config.d/60-instance.yaml").write_text(INSTANCE_CONFIG)
     kubeconfig = root / "etc/herd-agent/kubeconfig"
     shutil.copy(kube_module.admin_kubeconfig, kubeconfig)
     kubeconfig.chmod(0o600)
@@ -173,6 +174,8 @@ def test_boot_runs_the_join_phases(booted) -> None:
     m, iid = booted["machine"], booted["iid"]
     assert booted["joined"] == "InService", m.journal("-u", "herd-agent-join*")
     for unit in ("herd-agent-join.service", "herd-agent-join-ready.service"):
+        # The ready phase completes the hook, then exits: wait for the exit.
+        wait_for(lambda u=unit: m.show(u, "ActiveState")["ActiveState"] in ("active", "failed"), 60, f"{unit} done")
         props = m.show(unit, "ActiveState", "SubState", "Result")
         assert props == {"ActiveState": "active", "SubState": "exited", "Result": "success"}, (unit, props)
     node = booted["kube"].get("Node", iid)
@@ -222,7 +225,7 @@ def test_poweroff_leaves_before_the_machine_stops(booted) -> None:
     FIGURES["poweroff with leave (s)"] = round(time.monotonic() - started, 1)
     journal = json.loads((root / "var/lib/herd-agent/leave.json").read_text())
     assert journal["reason"] == "shutdown" and journal["finished_at"], journal
-    for step in ("cordon", "drain", "delete-node", "complete-hook"):
+    for step in ("cordon", "drain", "delete-node", "stop-k3s", "complete-hook"):
         assert journal["steps"][step]["status"] == "done", (step, journal["steps"][step])
     assert kube.find("Node", iid) is None
     assert region.calls(action="CompleteLifecycleAction", caller=iid, outcome="ok")
