@@ -41,6 +41,7 @@ class AwsFront:
         calls: where every call is recorded.
         throttler: throttling rules.
         caller_of: maps an access key id to a caller name (instance id, ``"operator"``…).
+        authorize: ``authorize(request, caller)`` is False when the caller's IAM policy denies the call.
     """
 
     def __init__(
@@ -52,6 +53,7 @@ class AwsFront:
         throttler: Throttler,
         caller_of: Callable[[str], str],
         asg_backend: Callable[[], Any],
+        authorize: Callable[[ParsedRequest, str], bool] | None = None,
     ) -> None:
         self._moto = moto_app
         self._lock = lock
@@ -60,6 +62,7 @@ class AwsFront:
         self._throttler = throttler
         self._caller_of = caller_of
         self._asg = asg_backend
+        self._authorize = authorize  # IAM: the caller's role policy allows the call (herd_sandbox.aws.iam)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         """WSGI entry: log, maybe throttle, then answer (own handler or moto)."""
@@ -74,7 +77,8 @@ class AwsFront:
         started = time.time()
         caller = self._caller_of(req.access_key_id)
         throttled = False
-        if self._throttler.denied(req.service, req.action, caller):
+        if self._throttler.denied(req.service, req.action, caller) or (
+                self._authorize is not None and not self._authorize(req, caller)):
             reply = access_denied_reply(req, caller)
         elif throttled := self._throttler.should_throttle(req.service, req.action):
             reply = throttle_reply(req)

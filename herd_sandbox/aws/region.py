@@ -123,6 +123,8 @@ class Region:
         self.account_id = ""
         self.cond = threading.Condition(threading.RLock())
         self.call_log = CallLog()
+        self._policies: dict[str, list[dict[str, Any]]] = {}  # instance id / "group:<name>" → IAM policies
+        self.iam_decisions: list[tuple[str, Any, Any]] = []  # (caller, AuthzRequest, Decision) per checked call
         self.throttler = Throttler(throttle_seed)
         self._instances: dict[str, Instance] = {}
         self._by_key: dict[str, str] = {}
@@ -165,6 +167,7 @@ class Region:
                 self.throttler,
                 self.caller_of,
                 self._asg,
+                self.authorize,
             )
             self._server = LoopbackServer(front, host=self._host, port=self._port, name="aws").start()
             self._engine.start()
@@ -208,6 +211,45 @@ class Region:
         if self._server is None:
             raise RuntimeError("region is not running")
         return self._server.url
+
+    def attach_policy(self, target: str, document: dict[str, Any], *, group: bool = False) -> None:
+        """Attach an IAM policy document to an instance (or, ``group=True``, to every instance of an
+        Auto Scaling group, replacements included): from then on each call the instance signs is
+        allowed only if its policies allow it (:mod:`herd_sandbox.aws.iam`)."""
+        with self.cond:
+            self._policies.setdefault(f"group:{target}" if group else target, []).append(document)
+
+    def authorize(self, req: Any, caller: str) -> bool:
+        """False when ``caller`` (an instance) has policies and they do not allow ``req``."""
+        from herd_sandbox.aws import iam
+
+        with self.cond:
+            policies = list(self._policies.get(caller, []))
+            if caller.startswith("i-"):
+                for name, g in self._asg().autoscaling_groups.items():
+                    if any(s.instance.id == caller for s in g.instance_states):
+                        policies += self._policies.get(f"group:{name}", [])
+            if not policies:
+                return True
+
+            def group(name: str) -> tuple[str, dict[str, str]] | None:
+                g = self._asg().autoscaling_groups.get(name)
+                return None if g is None else (g.arn, {t["Key"]: t["Value"] for t in g.tags})
+
+            def secret_arn(ident: str) -> str | None:
+                from moto.core import DEFAULT_ACCOUNT_ID
+                from moto.secretsmanager.models import secretsmanager_backends
+
+                try:
+                    return secretsmanager_backends[DEFAULT_ACCOUNT_ID][self.region_name].describe_secret(ident)["ARN"]
+                except Exception:
+                    return None
+
+            request = iam.request_of(req.service, req.action, req.params, region=self.region_name,
+                                     account=self.account_id, group=group, secret_arn=secret_arn)
+            decision = iam.evaluate(policies, request)
+            self.iam_decisions.append((caller, request, decision))
+            return decision.allowed
 
     def caller_of(self, access_key_id: str) -> str:
         """Caller name for an access key id: instance id, ``"operator"``, the key, or ``"anonymous"``."""
