@@ -109,25 +109,31 @@ def join_and_leave(region: Region, kube: KubeSandbox, workdir: Path, toolchain, 
             region.attach_policy(f"{cluster.name}-{role}", doc, group=True)
         since = __import__("time").time()
         out: dict[str, object] = {"ok": False}
+        ids: list[str] = []
+
+        def denied() -> list[object]:
+            return [c for c in region.calls(since=since) if c.caller in ids and
+                    c.outcome in ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation")]
+
         cp = cluster.group("control-plane", 1)[0]
+        ids.append(cp)
         r = cluster.instances[cp].agent("join")
         out["cp_join"], out["cp_err"] = r.returncode, r.stderr[-1500:]
         if r.returncode != 0:
-            return out
+            return {**out, "denied": denied()}
         worker = cluster.group("node", 1, terminate_hook=True)[0]
+        ids.append(worker)
         r = cluster.instances[worker].agent("join")
         out["worker_join"], out["worker_err"] = r.returncode, r.stderr[-1500:]
         if r.returncode != 0:
-            return out
+            return {**out, "denied": denied()}
         region.terminate_instance(worker, decrement=True)
         r = cluster.instances[worker].agent("leave", "--reason", "asg-terminate")
         out["worker_leave"], out["leave_err"] = r.returncode, r.stderr[-1500:]
         done = region.calls(action="CompleteLifecycleAction", caller=worker, outcome="ok")
-        denied = [c for c in region.calls(since=since) if c.caller in (cp, worker) and
-                  c.outcome in ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation")]
         checked = {c for c, _, _ in region.iam_decisions}
-        out.update(denied=denied, completed=len(done), checked={cp, worker} <= checked,
-                   ok=r.returncode == 0 and len(done) == 2 and not denied)
+        out.update(denied=denied(), completed=len(done), checked={cp, worker} <= checked)
+        out["ok"] = r.returncode == 0 and len(done) == 2 and not out["denied"]
         return out
     finally:
         cluster.close()
@@ -158,3 +164,5 @@ def test_every_statement_is_needed(region: Region, kube_iam: KubeSandbox, tmp_pa
     config = SECRETS_CONFIG if sid in ("ClusterSecrets", "AgentTokenSecretOnly") else ""
     out = join_and_leave(region, kube_iam, tmp_path, toolchain, config=config, drop=(role, sid))
     assert not out["ok"], f"the scenario passed without {role} {sid}: the statement is not needed"
+    # ... and it failed because IAM refused a call of that role's instance
+    assert out["denied"], out
