@@ -158,6 +158,9 @@ class Region:
             self._set_amis_env = True
         try:
             _reset_moto()
+            from herd_sandbox.aws import cfn
+
+            cfn.install()  # stacks' groups get their LifecycleHookSpecificationList (herd_sandbox/aws/cfn.py)
             self._engine = LifecycleEngine(self.cond, self._asg, self.time_factor, clock=self._clock)
             front = AwsFront(
                 DomainDispatcherApplication(create_backend_app),
@@ -228,7 +231,7 @@ class Region:
             if caller.startswith("i-"):
                 for name, g in self._asg().autoscaling_groups.items():
                     if any(s.instance.id == caller for s in g.instance_states):
-                        policies += self._policies.get(f"group:{name}", [])
+                        policies += self._policies.get(f"group:{name}", []) or self._profile_policies(g)
             if not policies:
                 return True
 
@@ -250,6 +253,27 @@ class Region:
             decision = iam.evaluate(policies, request)
             self.iam_decisions.append((caller, request, decision))
             return decision.allowed
+
+    def _profile_policies(self, group: Any) -> list[dict[str, Any]]:
+        """The inline policies of the role in the instance profile of the group's launch template
+        (as a CloudFormation stack creates them); [] when there is none."""
+        import json
+
+        from moto.iam.models import iam_backends
+
+        spec = group.launch_template if isinstance(group.launch_template, dict) else {}
+        try:
+            template = self._ec2().get_launch_template(spec["LaunchTemplateId"])
+            arn = template.latest_version().data.get("IamInstanceProfile", {}).get("Arn")
+        except Exception:
+            return []
+        profiles = [p for p in iam_backends[self.account_id]["global"].instance_profiles.values() if p.arn == arn]
+        docs = []
+        for profile in profiles:
+            for role in profile.roles:
+                for doc in role.policies.values():
+                    docs.append(json.loads(doc) if isinstance(doc, str) else doc)
+        return docs
 
     def caller_of(self, access_key_id: str) -> str:
         """Caller name for an access key id: instance id, ``"operator"``, the key, or ``"anonymous"``."""

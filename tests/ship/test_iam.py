@@ -30,8 +30,8 @@ def agent_token_parameter(cluster: str) -> str:
 
 
 def rendered(role: str, region: str, account: str, cluster: str) -> dict:
-    values = {"Region": region, "AccountId": account, "ClusterName": cluster,
-              "AgentTokenParameter": agent_token_parameter(cluster)}
+    values = {"AWS::Region": region, "AWS::AccountId": account, "ClusterName": cluster,
+              "AgentToken": agent_token_parameter(cluster)}
     return json.loads(iam.render(POLICIES[role].read_text(), values))
 
 
