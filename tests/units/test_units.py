@@ -103,7 +103,7 @@ def exposure(path: Path) -> float:
 
 
 def test_every_unit_has_a_recorded_exposure() -> None:
-    assert set(EXPOSURE) == set(ALL), "record the exposure of a new unit in EXPOSURE and docs/security.md"
+    assert set(EXPOSURE) == set(ALL), "record the exposure of a new unit in EXPOSURE and units/README.md"
 
 
 @pytest.mark.parametrize("name", ALL)
