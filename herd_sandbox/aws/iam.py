@@ -27,10 +27,12 @@ checks, the ARN of what the request names; ``*`` for the actions that accept onl
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 
@@ -206,3 +208,27 @@ def render(document: str, values: dict[str, str]) -> str:
         return values[m.group(1)]
 
     return re.sub(r"\$\{([A-Za-z0-9:]+)\}", sub, document)
+
+
+POLICY_DIR = Path(__file__).resolve().parents[2] / "ami" / "iam"
+POLICY_FILES = {"control-plane": "control-plane.json", "node": "worker.json"}
+
+
+def agent_token_name(cluster: str) -> str:
+    """The parameter (or secret) name a worker reads its join token from, without the leading ``/``:
+    the agent's ``token.agent_name`` default where it has one, else its ``token.name`` default."""
+    from herd_agent.config.schema import SCHEMA  # the agent's documented default, not its logic
+
+    options = SCHEMA.by_path()
+    default = (options["token.agent_name"] if "token.agent_name" in options else options["token.name"]).default
+    return str(default).replace("{cluster}", cluster).lstrip("/")
+
+
+def shipped_policy(role: str, *, region: str, account: str, cluster: str) -> dict[str, Any] | None:
+    """The role's policy from ``ami/iam`` rendered for one cluster, or None outside a checkout."""
+    path = POLICY_DIR / POLICY_FILES.get(role, "")
+    if role not in POLICY_FILES or not path.is_file():
+        return None
+    values = {"AWS::Region": region, "AWS::AccountId": account, "ClusterName": cluster,
+              "AgentToken": agent_token_name(cluster)}
+    return json.loads(render(path.read_text(), values))

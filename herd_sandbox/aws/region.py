@@ -217,10 +217,12 @@ class Region:
 
     def attach_policy(self, target: str, document: dict[str, Any], *, group: bool = False) -> None:
         """Attach an IAM policy document to an instance (or, ``group=True``, to every instance of an
-        Auto Scaling group, replacements included): from then on each call the instance signs is
-        allowed only if its policies allow it (:mod:`herd_sandbox.aws.iam`)."""
+        Auto Scaling group, replacements included), replacing the one attached before: from then on
+        each call the instance signs is allowed only if its policy allows it (:mod:`herd_sandbox.aws.iam`).
+        Groups made by :meth:`create_group` with the ``herd:cluster``/``herd:role`` tags get their
+        role's shipped policy (``ami/iam``) this way unless one is attached first."""
         with self.cond:
-            self._policies.setdefault(f"group:{target}" if group else target, []).append(document)
+            self._policies[f"group:{target}" if group else target] = [document]
 
     def authorize(self, req: Any, caller: str) -> bool:
         """False when ``caller`` (an instance) has policies and they do not allow ``req``."""
@@ -484,6 +486,20 @@ class Region:
                 for h in hooks
             ]
         self._operator("autoscaling").create_auto_scaling_group(**kwargs)
+        self._attach_role_policy(name, tags or {})
+
+    def _attach_role_policy(self, group: str, tags: dict[str, str]) -> None:
+        """A group tagged ``herd:cluster`` + ``herd:role`` gets its role's shipped policy (ami/iam),
+        as an instance profile would give it, unless a policy is attached to it already."""
+        from herd_sandbox.aws import iam
+
+        role, cluster = tags.get("herd:role"), tags.get("herd:cluster")
+        with self.cond:
+            if not (role and cluster) or f"group:{group}" in self._policies:
+                return
+        doc = iam.shipped_policy(role, region=self.region_name, account=self.account_id, cluster=cluster)
+        if doc is not None:
+            self.attach_policy(group, doc, group=True)
 
     def put_hook(self, group: str, hook: Hook) -> None:
         """PutLifecycleHook on an existing group (applies to later transitions only, as on AWS)."""

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from herd_agent.config.schema import SCHEMA
 from herd_sandbox.aws import iam
 from herd_sandbox.aws.region import Region
 from herd_sandbox.kube.sandbox import KubeSandbox
@@ -23,10 +22,8 @@ EXAMPLE = {"Region": "eu-west-1", "AccountId": "123456789012", "ClusterName": "p
 
 
 def agent_token_parameter(cluster: str) -> str:
-    """The parameter a worker reads: token.agent_name where the agent has it, else token.name."""
-    options = SCHEMA.by_path()
-    name = (options["token.agent_name"] if "token.agent_name" in options else options["token.name"]).default
-    return name.replace("{cluster}", cluster).lstrip("/")
+    """The parameter a worker of this agent reads (token.agent_name where it exists, else token.name)."""
+    return iam.agent_token_name(cluster)
 
 
 def rendered(role: str, region: str, account: str, cluster: str) -> dict:
@@ -166,3 +163,28 @@ def test_every_statement_is_needed(region: Region, kube_iam: KubeSandbox, tmp_pa
     assert not out["ok"], f"the scenario passed without {role} {sid}: the statement is not needed"
     # ... and it failed because IAM refused a call of that role's instance
     assert out["denied"], out
+
+
+def test_herd_groups_are_enforced_by_default(region: Region) -> None:
+    """Every group created with the herd:cluster/herd:role tags (every scenario's) gets its role's
+    shipped policy: a worker's credentials cannot write parameters or read the cluster's others."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    name = f"enf{__import__('os').getpid() % 1000}"
+    region.create_launch_template(f"{name}-lt")
+    region.create_group(f"{name}-node", f"{name}-lt", desired=1, tags={"herd:cluster": name, "herd:role": "node"})
+    [iid] = region.group_instances(f"{name}-node")
+    env = region.env(iid)
+    ssm = boto3.client("ssm", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=region.region_name,
+                       aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+                       aws_session_token=env["AWS_SESSION_TOKEN"])
+    for call in (lambda: ssm.put_parameter(Name=f"/herd/{name}/x", Value="v", Type="String"),
+                 lambda: ssm.get_parameter(Name=f"/herd/{name}/server-token")):
+        with pytest.raises(ClientError) as err:
+            call()
+        assert err.value.response["Error"]["Code"] == "AccessDeniedException"
+    ec2 = boto3.client("ec2", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=region.region_name,
+                       aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+                       aws_session_token=env["AWS_SESSION_TOKEN"])
+    ec2.describe_instances(InstanceIds=[iid])  # allowed by the worker policy
