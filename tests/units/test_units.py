@@ -86,6 +86,7 @@ EXPOSURE = {
     "herd-agent-join.service": 3.7,
     "herd-agent-join-ready.service": 2.6,
     "herd-agent.service": 4.8,
+    "herd-agent-leader.service": 2.6,
     "herd-etcd.service": 2.2,
 }
 REQUIRED_HARDENING = ("NoNewPrivileges=yes", "UMask=0077", "PrivateTmp=yes", "ProtectHome=yes",
