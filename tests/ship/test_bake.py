@@ -11,6 +11,7 @@ systemd's ``DefaultEnvironment`` (on EC2 they come from the instance profile and
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -49,6 +50,16 @@ def test_version_and_config_check(baked_root: Path) -> None:
                    "import sys, importlib.util as u; print(sys.base_prefix, u.find_spec('herd_sandbox'),"
                    " u.find_spec('pip'))").stdout.split()
     assert probe == ["/usr", "None", "None"]
+    # Everything the agent imports, lazy imports inside functions included, is in the package's venv
+    # (a dependency missing from pyproject/the lock would fail only on the instance, later).
+    names = sorted({alias.name.split(".")[0] if isinstance(node, ast.Import) else (node.module or "").split(".")[0]
+                    for path in (REPO / "herd_agent").rglob("*.py") for node in ast.walk(ast.parse(path.read_text()))
+                    if isinstance(node, ast.Import | ast.ImportFrom) and not getattr(node, "level", 0)
+                    for alias in node.names} - {"", "__future__"})
+    missing = chroot(baked_root, "/opt/herd-agent/bin/python3", "-c",
+                     "import importlib.util as u, sys; print([n for n in sys.argv[1:] if u.find_spec(n) is None])",
+                     *names).stdout.strip()
+    assert missing == "[]", f"imported by herd_agent but not in the package: {missing}"
 
 
 def test_systemd_analyze_verify_every_installed_unit(baked_root: Path) -> None:
