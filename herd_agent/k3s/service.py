@@ -51,6 +51,17 @@ def restart(runner: RunnerLike, control_plane: bool) -> str:
     return unit
 
 
+def queue_stop(runner: RunnerLike, control_plane: bool) -> str:
+    """Queue the stop of the k3s unit (``systemctl stop --no-block``) without waiting; returns the unit.
+
+    For shutdown: k3s' stop job is then ordered after the caller's own unit, so waiting for it
+    would deadlock until systemd's timeout.
+    """
+    unit = unit_for(control_plane)
+    runner.run(["systemctl", "stop", "--no-block", unit], timeout=SYSTEMCTL_TIMEOUT_S)
+    return unit
+
+
 def stop(runner: RunnerLike, control_plane: bool, *, timeout_s: float = STOP_TIMEOUT_S) -> str:
     """Stop the k3s unit and wait for it (its pods keep running: k3s' unit has ``KillMode=process``).
 

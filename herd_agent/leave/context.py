@@ -71,6 +71,8 @@ class LeaveContext:
         save: writes the journal (atomic, 0600); steps call it to keep progress.
         clock: epoch seconds.
         plan: describe the steps instead of running them (``herd-agent plan leave``).
+        stopping: the service manager is stopping the watcher (shutdown): a k3s stop is queued,
+            never waited for (its stop job is ordered after ours).
         failed: names of the steps that failed so far (the hook result depends on it).
         heartbeats_alive: False once a heartbeat found no active lifecycle action.
     """
@@ -86,6 +88,7 @@ class LeaveContext:
     save: Callable[[], None]
     clock: Callable[[], float] = time.time
     plan: bool = False
+    stopping: bool = False
     failed: list[str] = field(default_factory=list)
     heartbeats_alive: Callable[[], bool] = lambda: True
 

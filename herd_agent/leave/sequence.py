@@ -191,7 +191,7 @@ class LeaveSequence:
                                  self.notifier.status, self.clock)
         return LeaveContext(root=self.root, cfg=self.cfg, ident=ident, node=node, journal=journal, clients=clients,
                             reporter=reporter, notifier=self.notifier, save=lambda: jr.save(self.root, journal),
-                            clock=self.clock, plan=plan)
+                            clock=self.clock, plan=plan, stopping=self.stopping)
 
     def _find_hook(self, ctx: LeaveContext) -> None:
         from herd_agent import lifecycle

@@ -213,14 +213,20 @@ class StopK3s(Step):
 
     def run(self, ctx: LeaveContext) -> str:
         """See :meth:`Step.run`."""
-        from herd_agent.k3s.names import unit_for
 
-        run = ctx.clients.runner().run
+        from herd_agent.k3s import service
+
+        runner = ctx.clients.runner()
+        if ctx.stopping:
+            # At shutdown k3s' stop job is already queued, ordered after the watcher: waiting for it
+            # (systemctl stop, or k3s-killall.sh, which starts with one) deadlocks until the timeout
+            # (seen under real systemd: 120 s). Queue it; systemd stops k3s once the watcher exits.
+            unit = service.queue_stop(runner, ctx.control_plane)
+            return f"queued the stop of {unit}: systemd stops it after the watcher exits (shutdown)"
         if ctx.cfg.get("leave.stop_k3s") == "killall":
-            run(["k3s-killall.sh"], timeout=120)
+            runner.run(["k3s-killall.sh"], timeout=120)
             return "k3s-killall.sh stopped k3s and its pods"
-        unit = unit_for(ctx.control_plane)
-        run(["systemctl", "stop", unit], timeout=120)
+        unit = service.stop(runner, ctx.control_plane, timeout_s=120)
         return f"stopped {unit} (its pods keep running: KillMode=process)"
 
 

@@ -44,6 +44,7 @@ class AwsFront:
         throttler: throttling rules.
         caller_of: maps an access key id to a caller name (instance id, ``"operator"``…).
         faults: injected 5xx / access-denied rules (a fresh :class:`FaultInjector` by default).
+        authorize: ``authorize(request, caller)`` is False when the caller's IAM policy denies the call.
     """
 
     def __init__(
@@ -56,6 +57,7 @@ class AwsFront:
         caller_of: Callable[[str], str],
         asg_backend: Callable[[], Any],
         faults: FaultInjector | None = None,
+        authorize: Callable[[ParsedRequest, str], bool] | None = None,
     ) -> None:
         self._moto = moto_app
         self._lock = lock
@@ -65,6 +67,7 @@ class AwsFront:
         self._caller_of = caller_of
         self._asg = asg_backend
         self.faults = faults or FaultInjector()
+        self._authorize = authorize  # IAM: the caller's role policy allows the call (herd_sandbox.aws.iam)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         """WSGI entry: log, maybe throttle, then answer (own handler or moto)."""
@@ -82,7 +85,8 @@ class AwsFront:
         caller = self._caller_of(req.access_key_id)
         throttled = False
         injected = None
-        if self._throttler.denied(req.service, req.action, caller):
+        if self._throttler.denied(req.service, req.action, caller) or (
+                self._authorize is not None and not self._authorize(req, caller)):
             reply = access_denied_reply(req, caller)
         elif throttled := self._throttler.should_throttle(req.service, req.action):
             reply = throttle_reply(req)

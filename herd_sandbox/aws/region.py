@@ -123,6 +123,8 @@ class Region:
         self.account_id = ""
         self.cond = threading.Condition(threading.RLock())
         self.call_log = CallLog()
+        self._policies: dict[str, list[dict[str, Any]]] = {}  # instance id / "group:<name>" → IAM policies
+        self.iam_decisions: list[tuple[str, Any, Any]] = []  # (caller, AuthzRequest, Decision) per checked call
         self.throttler = Throttler(throttle_seed)
         self._instances: dict[str, Instance] = {}
         self._by_key: dict[str, str] = {}
@@ -156,6 +158,9 @@ class Region:
             self._set_amis_env = True
         try:
             _reset_moto()
+            from herd_sandbox.aws import cfn
+
+            cfn.install()  # stacks' groups get their LifecycleHookSpecificationList (herd_sandbox/aws/cfn.py)
             self._engine = LifecycleEngine(self.cond, self._asg, self.time_factor, clock=self._clock)
             front = self._front = AwsFront(
                 DomainDispatcherApplication(create_backend_app),
@@ -165,6 +170,7 @@ class Region:
                 self.throttler,
                 self.caller_of,
                 self._asg,
+                self.authorize,
             )
             self._server = LoopbackServer(front, host=self._host, port=self._port, name="aws").start()
             self._engine.start()
@@ -208,6 +214,68 @@ class Region:
         if self._server is None:
             raise RuntimeError("region is not running")
         return self._server.url
+
+    def attach_policy(self, target: str, document: dict[str, Any], *, group: bool = False) -> None:
+        """Attach an IAM policy document to an instance (or, ``group=True``, to every instance of an
+        Auto Scaling group, replacements included), replacing the one attached before: from then on
+        each call the instance signs is allowed only if its policy allows it (:mod:`herd_sandbox.aws.iam`).
+        Groups made by :meth:`create_group` with the ``herd:cluster``/``herd:role`` tags get their
+        role's shipped policy (``ami/iam``) this way unless one is attached first."""
+        with self.cond:
+            self._policies[f"group:{target}" if group else target] = [document]
+
+    def authorize(self, req: Any, caller: str) -> bool:
+        """False when ``caller`` (an instance) has policies and they do not allow ``req``."""
+        from herd_sandbox.aws import iam
+
+        with self.cond:
+            policies = list(self._policies.get(caller, []))
+            if caller.startswith("i-"):
+                for name, g in self._asg().autoscaling_groups.items():
+                    if any(s.instance.id == caller for s in g.instance_states):
+                        policies += self._policies.get(f"group:{name}", []) or self._profile_policies(g)
+            if not policies:
+                return True
+
+            def group(name: str) -> tuple[str, dict[str, str]] | None:
+                g = self._asg().autoscaling_groups.get(name)
+                return None if g is None else (g.arn, {t["Key"]: t["Value"] for t in g.tags})
+
+            def secret_arn(ident: str) -> str | None:
+                from moto.core import DEFAULT_ACCOUNT_ID
+                from moto.secretsmanager.models import secretsmanager_backends
+
+                try:
+                    return secretsmanager_backends[DEFAULT_ACCOUNT_ID][self.region_name].describe_secret(ident)["ARN"]
+                except Exception:
+                    return None
+
+            request = iam.request_of(req.service, req.action, req.params, region=self.region_name,
+                                     account=self.account_id, group=group, secret_arn=secret_arn)
+            decision = iam.evaluate(policies, request)
+            self.iam_decisions.append((caller, request, decision))
+            return decision.allowed
+
+    def _profile_policies(self, group: Any) -> list[dict[str, Any]]:
+        """The inline policies of the role in the instance profile of the group's launch template
+        (as a CloudFormation stack creates them); [] when there is none."""
+        import json
+
+        from moto.iam.models import iam_backends
+
+        spec = group.launch_template if isinstance(group.launch_template, dict) else {}
+        try:
+            template = self._ec2().get_launch_template(spec["LaunchTemplateId"])
+            arn = template.latest_version().data.get("IamInstanceProfile", {}).get("Arn")
+        except Exception:
+            return []
+        profiles = [p for p in iam_backends[self.account_id]["global"].instance_profiles.values() if p.arn == arn]
+        docs = []
+        for profile in profiles:
+            for role in profile.roles:
+                for doc in role.policies.values():
+                    docs.append(json.loads(doc) if isinstance(doc, str) else doc)
+        return docs
 
     def caller_of(self, access_key_id: str) -> str:
         """Caller name for an access key id: instance id, ``"operator"``, the key, or ``"anonymous"``."""
@@ -418,6 +486,20 @@ class Region:
                 for h in hooks
             ]
         self._operator("autoscaling").create_auto_scaling_group(**kwargs)
+        self._attach_role_policy(name, tags or {})
+
+    def _attach_role_policy(self, group: str, tags: dict[str, str]) -> None:
+        """A group tagged ``herd:cluster`` + ``herd:role`` gets its role's shipped policy (ami/iam),
+        as an instance profile would give it, unless a policy is attached to it already."""
+        from herd_sandbox.aws import iam
+
+        role, cluster = tags.get("herd:role"), tags.get("herd:cluster")
+        with self.cond:
+            if not (role and cluster) or f"group:{group}" in self._policies:
+                return
+        doc = iam.shipped_policy(role, region=self.region_name, account=self.account_id, cluster=cluster)
+        if doc is not None:
+            self.attach_policy(group, doc, group=True)
 
     def put_hook(self, group: str, hook: Hook) -> None:
         """PutLifecycleHook on an existing group (applies to later transitions only, as on AWS)."""

@@ -77,3 +77,54 @@ def test_join_unit_ordering() -> None:
     ready = (UNITS / "herd-agent-join-ready.service").read_text().splitlines()
     assert "After=k3s.service k3s-agent.service" in ready
     assert "Requires=herd-agent-join.service" in ready
+
+
+# --- Hardening (issue 13 "Units"): the exposure `systemd-analyze security --offline=yes` reports
+# per unit may only go down. The same figures are in units/README.md ("Unit hardening"); lower a
+# figure here when a unit gets tighter, never raise it to let a looser unit through.
+EXPOSURE = {
+    "herd-agent-join.service": 3.7,
+    "herd-agent-join-ready.service": 2.6,
+    "herd-agent.service": 4.8,
+    "herd-agent-leader.service": 2.6,
+    "herd-etcd.service": 2.2,
+}
+REQUIRED_HARDENING = ("NoNewPrivileges=yes", "UMask=0077", "PrivateTmp=yes", "ProtectHome=yes",
+                      "ProtectSystem=strict", "CapabilityBoundingSet=")
+
+
+def exposure(path: Path) -> float:
+    """The overall exposure systemd-analyze prints for one unit file (0 = locked down, 10 = open)."""
+    r = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(path)],
+                       capture_output=True, text=True, timeout=60)
+    for line in r.stdout.splitlines():
+        if "Overall exposure level" in line:
+            return float(line.split(":", 1)[1].split()[0])
+    raise AssertionError(f"no exposure figure for {path}:\n{r.stdout[-500:]}\n{r.stderr[-500:]}")
+
+
+def test_every_unit_has_a_recorded_exposure() -> None:
+    assert set(EXPOSURE) == set(ALL), "record the exposure of a new unit in EXPOSURE and units/README.md"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_exposure_does_not_rise(name: str) -> None:
+    got = exposure(UNITS / name)
+    assert got <= EXPOSURE[name], f"{name}: exposure {got} is above the recorded {EXPOSURE[name]}"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_hardening_directives_present(name: str) -> None:
+    lines = (UNITS / name).read_text().splitlines()
+    for directive in REQUIRED_HARDENING:
+        assert any(line.startswith(directive) for line in lines), f"{name} lacks {directive}"
+    rw = [line for line in lines if line.startswith("ReadWritePaths=")]
+    assert len(rw) == 1 and "/usr" not in rw[0] and "/opt" not in rw[0], rw
+
+
+def test_exposure_check_catches_a_looser_unit(tmp_path: Path) -> None:
+    """Dropping one hardening line from the watcher raises its figure above the recorded one."""
+    text = (UNITS / "herd-agent.service").read_text()
+    loose = tmp_path / "herd-agent.service"
+    loose.write_text(text.replace("NoNewPrivileges=yes\n", "").replace("ProtectHome=yes\n", ""))
+    assert exposure(loose) > EXPOSURE["herd-agent.service"]
