@@ -170,7 +170,7 @@ class Region:
                 self.throttler,
                 self.caller_of,
                 self._asg,
-                self.authorize,
+                authorize=self.authorize,
             )
             self._server = LoopbackServer(front, host=self._host, port=self._port, name="aws").start()
             self._engine.start()
