@@ -225,7 +225,7 @@ def test_settings_from_config_default_to_tls(tmp_path):
 def test_k3s_datastore_uses_the_member_certificate(tmp_path):
     from herd_agent.config.loader import load_config
     from herd_agent.discovery.identity import Identity as HostIdentity
-    from herd_agent.join import k3s_config
+    from herd_agent.k3s import config as k3s_config
 
     root = HostRoot(tmp_path)
     root.write("/etc/herd-agent/config.yaml", "etcd:\n  mode: external\n", mode=0o644)
