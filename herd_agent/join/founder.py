@@ -16,8 +16,11 @@ A claim is **stale** when (checked in this order, each from AWS, never guessed):
 
 - its founder released it (``"released": true``: the founder's join failed, it stopped k3s and
   wrote so before completing its launch hook with ABANDON);
-- ``ec2:DescribeInstances`` says its instance does not exist, or is ``shutting-down``,
-  ``terminated``, ``stopping`` or ``stopped``;
+- ``ec2:DescribeInstances`` says its instance is ``shutting-down``, ``terminated``, ``stopping``
+  or ``stopped``. "Not found" decides nothing: EC2 is eventually consistent and may not know a
+  just-launched instance yet (AWS, "Eventual consistency" in the EC2 API reference), while a
+  terminated one stays listed as ``terminated`` for about an hour; an instance unknown for longer
+  falls to the age rule below;
 - ``autoscaling:DescribeAutoScalingInstances`` gives it a ``Terminat*`` lifecycle state
   (``Terminating``, ``Terminating:Wait``, ``Terminating:Proceed``, ``Terminated``: an ABANDONed
   launch goes there) or health ``UNHEALTHY``;
@@ -140,9 +143,7 @@ class FounderClaims:
                 if exc.code not in ("InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"):
                     raise
                 found = []
-            if not found:
-                return f"its instance {claim.instance_id} no longer exists"
-            state = found[0].get("State", {}).get("Name")
+            state = found[0].get("State", {}).get("Name") if found else None
             if state in GONE_EC2_STATES:
                 return f"its instance {claim.instance_id} is {state}"
             asg = self._asg or aws.client("autoscaling", self.ident.region)

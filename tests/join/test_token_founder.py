@@ -186,5 +186,14 @@ def test_stale_reads_the_auto_scaling_state_with_a_stubbed_client(tmp_path: Path
              "LifecycleState": "Terminating:Wait", "HealthStatus": "HEALTHY", "ProtectedFromScaleIn": False}]},
             {"InstanceIds": [claim.instance_id]})
         assert "Terminating:Wait" in (claims.stale(claim) or "")
+        # "Not found" decides nothing (EC2 is eventually consistent about a just-launched
+        # instance): a fresh claim stays live; an old one falls to the age rule.
         e.add_client_error("describe_instances", "InvalidInstanceID.NotFound")
-        assert "no longer exists" in (claims.stale(claim) or "")
+        g.add_response("describe_auto_scaling_instances", {"AutoScalingInstances": []},
+                       {"InstanceIds": [claim.instance_id]})
+        assert claims.stale(claim) is None
+        old = Claim(1, claim.instance_id, claim.ip, time.time() - 86400)
+        e.add_client_error("describe_instances", "InvalidInstanceID.NotFound")
+        g.add_response("describe_auto_scaling_instances", {"AutoScalingInstances": []},
+                       {"InstanceIds": [claim.instance_id]})
+        assert "never came up" in (claims.stale(old) or "")
