@@ -44,7 +44,9 @@ REPO = Path(__file__).resolve().parents[2]
 CHARTS = REPO / "tests" / "charts"
 LEASE = ("kube-system", "herd-agent-leader")
 LEASE_DURATION_S, RETRY_PERIOD_S, JITTER = 15.0, 2.0, 1.2
-SECRET_PARAM = "/herd/leader-scenario/shop-password"
+SECRET_PARAM = "/herd/{cluster}/shop-password"
+"""The release secret's SSM parameter: under the cluster's prefix, which the shipped control-plane
+IAM policy lets control planes read (ami/iam/control-plane.json; the sandbox enforces it)."""
 SECRET_VALUE = "shop-pw-7f3e9c1d2b"  # noqa: S105 - the sandbox's own test secret, searched for everywhere
 LEADER_KUBECONFIG = "/etc/herd-agent/leader-kubeconfig"
 RELEASES = [("platform", "widgets-crd"), ("platform", "widget-operator"), ("apps", "shop"),
@@ -64,7 +66,7 @@ def find_helm(major: int) -> Path:
     return Path(found_path)
 
 
-def leader_spec(shop_message: str = "hello", shop_selector: dict[str, str] | None = None,
+def leader_spec(cluster: str, shop_message: str = "hello", shop_selector: dict[str, str] | None = None,
                 metrics_replicas: int = 1) -> dict[str, Any]:
     """The release set and the root Application (Argo CD app-of-apps with automated sync)."""
     shop_values: dict[str, Any] = {"message": shop_message}
@@ -76,7 +78,8 @@ def leader_spec(shop_message: str = "hello", shop_selector: dict[str, str] | Non
             {"name": "widget-operator", "namespace": "platform", "chart": str(CHARTS / "widget-operator"),
              "needs": ["widgets-crd"]},
             {"name": "shop", "namespace": "apps", "chart": str(CHARTS / "shop"), "needs": ["platform/widget-operator"],
-             "values": [shop_values], "secrets": [{"name": "password", "ssm": SECRET_PARAM}], "timeout": 90},
+             "values": [shop_values], "secrets": [{"name": "password", "ssm": SECRET_PARAM.format(cluster=cluster)}],
+             "timeout": 90},
             {"name": "metrics", "namespace": "monitoring", "chart": str(CHARTS / "metrics"),
              "set": [{"name": "replicas", "value": str(metrics_replicas)}]},
             {"name": "argo-cd-crds", "namespace": "argocd", "chart": str(CHARTS / "argo-cd-crds")},
@@ -191,7 +194,8 @@ def start_leaders(helm_major: int) -> Step:
         env = c.region.env()
         boto3.client("ssm", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_REGION"],
                      aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"]
-                     ).put_parameter(Name=SECRET_PARAM, Value=SECRET_VALUE, Type="SecureString", Overwrite=True)
+                     ).put_parameter(Name=SECRET_PARAM.format(cluster=c.name), Value=SECRET_VALUE,
+                                     Type="SecureString", Overwrite=True)
 
         def context() -> dict[str, Any]:
             holder, transitions = ld.holder()
@@ -202,7 +206,7 @@ def start_leaders(helm_major: int) -> Step:
         for m in c.running(CONTROL_PLANE):
             path = c.kube.add_identity(f"leader-{m.label}", ["system:masters"])
             m.inst.root.write(LEADER_KUBECONFIG, Path(path).read_text(), mode=0o600)
-        ld.write_config(leader_spec())
+        ld.write_config(leader_spec(ctx.cluster.name))
         for m in c.running(CONTROL_PLANE):
             ld.start(m)
         holder = ctx.wait(lambda: ld.holder()[0], 60, "a leader elected")
@@ -246,7 +250,7 @@ def plan_writes_nothing() -> Step:
         (planner_root / "etc" / "herd-agent" / "leader-kubeconfig").write_text(Path(kubeconfig).read_text())
         os.chmod(planner_root / "etc" / "herd-agent" / "leader-kubeconfig", 0o600)
         (planner_root / "etc" / "herd-agent" / "config.yaml").write_text(
-            ld.config(leader_spec(shop_message="planned")))
+            ld.config(leader_spec(ctx.cluster.name, shop_message="planned")))
         env = {**m.inst.env(), "HERD_AGENT_ROOT": str(planner_root)}
         before = len(c.kube.server.request_log)
         out = subprocess.run([sys.executable, "-m", "herd_agent", "plan", "releases"], env=env,  # noqa: S603
@@ -268,7 +272,7 @@ def kill_mid_upgrade(timeout: float = 120) -> Step:
         c, ld = ctx.cluster, _state(ctx)
         old, epoch = ld.holder()
         selector = {"herd.io/test-pool": "blue"}
-        ld.write_config(leader_spec(shop_message="v2", shop_selector=selector))
+        ld.write_config(leader_spec(ctx.cluster.name, shop_message="v2", shop_selector=selector))
         ctx.wait(lambda: _latest_status(c, "apps", "shop") == "pending-upgrade", 60,
                  "shop's upgrade running (pending-upgrade)", interval=0.05)
         ld.signal_group(old, signal.SIGKILL)
@@ -311,7 +315,7 @@ def change_one_release(timeout: float = 90) -> Step:
     def run(ctx: Context) -> None:
         c, ld = ctx.cluster, _state(ctx)
         before = _revisions(c)
-        ld.write_config(leader_spec(shop_message="v2", shop_selector={"herd.io/test-pool": "blue"},
+        ld.write_config(leader_spec(ctx.cluster.name, shop_message="v2", shop_selector={"herd.io/test-pool": "blue"},
                                     metrics_replicas=2))
 
         def done() -> bool:
@@ -340,7 +344,7 @@ def deposed_leader_wakes(timeout: float = 90) -> Step:
         ctx.say(f"froze leader {old} (epoch {epoch}) with SIGSTOP")
         new = ctx.wait(lambda: (h := ld.holder()[0]) not in (None, old) and h, 60, "a new leader")
         ctx.say(f"{new} took over after {time.time() - t_stop:.1f} s (epoch {ld.holder()[1]})")
-        ld.write_config(leader_spec(shop_message="v3", shop_selector={"herd.io/test-pool": "blue"},
+        ld.write_config(leader_spec(ctx.cluster.name, shop_message="v3", shop_selector={"herd.io/test-pool": "blue"},
                                     metrics_replicas=2))
         ld.signal_group(old, signal.SIGCONT)
         ctx.say(f"woke {old} with SIGCONT while the config changed")
