@@ -147,7 +147,7 @@ def kube_iam():
 def test_join_and_leave_under_enforced_policies(region: Region, kube_iam: KubeSandbox, tmp_path: Path, toolchain,
                                                 config: str) -> None:
     out = join_and_leave(region, kube_iam, tmp_path, toolchain, config=config)
-    assert out["ok"] and out["checked"], out
+    assert out["ok"] and out["checked"], {k: v for k, v in out.items() if k not in ("cp_err", "worker_err")}
 
 
 STATEMENTS = [(role, s["Sid"]) for role in sorted(POLICIES)
