@@ -41,11 +41,13 @@ TERMINATE_HOOK = "herd-terminate"
 
 
 RBAC_FILE = Path(__file__).resolve().parents[2] / "packaging" / "rbac" / "herd-agent.yaml"
-AGENT_TOKEN_PARAMETER = "/herd-sandbox/agent-sa-token"
+AGENT_TOKEN_PARAMETER = "/herd/{cluster}/agent-sa-token"
+"""Where the workers' ServiceAccount token lives: under the cluster's prefix, which the shipped worker
+IAM policy (``ServiceAccountToken``, enforced in the sandbox) lets workers read."""
 WORKER_KUBE_CA = "/etc/herd-agent/pki/kube-ca.crt"
 
 
-def agent_config(etcd_mode: str, worker: bool, kube_server: str | None = None) -> str:
+def agent_config(etcd_mode: str, worker: bool, kube_server: str | None = None, cluster: str = "") -> str:
     """The ``/etc/herd-agent/config.yaml`` every sandbox instance gets (YAML text).
 
     Shorter retry and poll intervals than production so a run fits in minutes; the same code
@@ -62,7 +64,8 @@ def agent_config(etcd_mode: str, worker: bool, kube_server: str | None = None) -
         "leave:\n  deadline_s: 120\n  reserve_s: 5\n"
     )
     if worker and kube_server:
-        text += (f"kube:\n  token_ssm_parameter: {AGENT_TOKEN_PARAMETER}\n  server: {kube_server}\n"
+        text += (f"kube:\n  token_ssm_parameter: {AGENT_TOKEN_PARAMETER.format(cluster=cluster)}\n"
+                 f"  server: {kube_server}\n"
                  f"  ca_file: {WORKER_KUBE_CA}\n")
     elif worker:
         text += f"kube:\n  kubeconfig: {WORKER_KUBECONFIG}\n"
@@ -290,8 +293,8 @@ class ScenarioCluster:
             self.kube.create(doc)
         self.kube.service_account_kubeconfig("kube-system", "herd-agent", rbac=True)
         token = self.kube.identity("system:serviceaccount:kube-system:herd-agent").token
-        self.region.client("ssm").put_parameter(Name=AGENT_TOKEN_PARAMETER, Value=token, Type="SecureString",
-                                                Overwrite=True)
+        self.region.client("ssm").put_parameter(Name=AGENT_TOKEN_PARAMETER.format(cluster=self.name), Value=token,
+                                                Type="SecureString", Overwrite=True)
         self.timeline.add("kube", "workers use the herd-agent ServiceAccount (packaging/rbac) with its token in SSM",
                           kind="kube")
         return str(self.kube.url)
@@ -401,7 +404,7 @@ class ScenarioCluster:
             m.inst.root.write(WORKER_KUBE_CA, Path(self.kube.ca_path).read_text(), mode=0o644)
         elif worker:
             m.inst.root.write(WORKER_KUBECONFIG, Path(self.kube.admin_kubeconfig).read_text(), mode=0o600)
-        m.inst.write_config(agent_config(self.etcd_mode, worker, server))
+        m.inst.write_config(agent_config(self.etcd_mode, worker, server, cluster=self.name))
         if self.extra_config.get(m.role):
             m.inst.write_config(self.extra_config[m.role], name="50-extra.yaml")
         m.booted_at = self.timeline.now()
