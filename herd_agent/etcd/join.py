@@ -32,7 +32,7 @@ import time
 from collections.abc import Sequence
 
 from herd_agent.errors import HerdError
-from herd_agent.etcd.client import EtcdClient, Member, member_id_hex
+from herd_agent.etcd.client import EtcdClient, Member, MemberStatus, member_id_hex
 from herd_agent.etcd.errors import (
     RETRYABLE,
     CloudTruthUnavailable,
@@ -42,7 +42,6 @@ from herd_agent.etcd.errors import (
     MemberNotLearner,
     MembershipError,
     UnhealthyCluster,
-    WaitTimeout,
 )
 from herd_agent.etcd.gc import InstanceOracle, gc_once
 from herd_agent.etcd.journal import data_dir_in_use, read_journal, rotate_data_dir
@@ -223,21 +222,17 @@ def _undo_learner(me: LocalMember, client: EtcdClient, member_id: int) -> None:
 
 
 def _catch_up_and_promote(me: LocalMember, client: EtcdClient, member_id: int, lock: MembershipLock) -> None:
-    deadline = time.monotonic() + me.settings.start_timeout_s
-    target = None
-    while True:
-        try:
-            if target is None:  # the most advanced index among the existing members
-                target = _best_raft_index(client)
-            own = client.status(me.client_url, timeout_s=2.0)
-            if target is not None and own.member_id == member_id and own.raft_index >= target:
-                break
-        except EtcdError:
-            pass
-        if time.monotonic() > deadline:
-            raise WaitTimeout(f"etcd learner {member_id_hex(member_id)} did not catch up within "
-                              f"{me.settings.start_timeout_s:.0f}s")
-        time.sleep(0.05)
+    target: list[int] = []  # the most advanced raft index among the existing members, read once
+
+    def caught_up(own: MemberStatus) -> bool:
+        if not target:
+            best = _best_raft_index(client)
+            if best is None:
+                return False
+            target.append(best)
+        return own.member_id == member_id and own.raft_index >= target[0]
+
+    me.wait_status(client, caught_up, f"(learner {member_id_hex(member_id)}) did not catch up")
     lock.check()
     try:
         client.member_promote(member_id)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from herd_agent.etcd.client import EtcdClient, Member
+from herd_agent.etcd.client import EtcdClient, Member, MemberStatus
 from herd_agent.etcd.errors import EtcdError
 from herd_agent.etcd.journal import IdentityRecord, write_journal
 from herd_agent.etcd.lock import MembershipLock
@@ -178,17 +178,33 @@ class LocalMember:
         Raises:
             herd_agent.etcd.errors.WaitTimeout: not within ``start_timeout_s``.
         """
+        status = self.wait_status(client, lambda s: bool(s.leader) or not need_leader,
+                                  "did not serve with a leader")
+        return status.member_id
+
+    def wait_status(self, client: EtcdClient, ready: Callable[[MemberStatus], bool], what: str) -> MemberStatus:
+        """Poll our member's status (etcd ``Maintenance.Status``) every 50 ms until ``ready(status)``.
+
+        Args:
+            ready: the condition on our member's status; it may itself call etcd (an
+                :class:`~herd_agent.etcd.errors.EtcdError` from it counts as "not yet").
+            what: the failure, for the error message (e.g. ``"did not serve with a leader"``).
+        Returns:
+            The first status for which ``ready`` held.
+        Raises:
+            herd_agent.etcd.errors.WaitTimeout: not within ``start_timeout_s`` seconds.
+        """
         from herd_agent.etcd.errors import WaitTimeout
 
         deadline = time.monotonic() + self.settings.start_timeout_s
         while True:
             try:
                 status = client.status(self.client_url, timeout_s=2.0)
-                if status.leader or not need_leader:
-                    return status.member_id
+                if ready(status):
+                    return status
             except EtcdError:
                 pass
             if time.monotonic() > deadline:
-                raise WaitTimeout(f"etcd member at {self.client_url} did not serve with a leader within "
+                raise WaitTimeout(f"etcd member at {self.client_url} {what} within "
                                   f"{self.settings.start_timeout_s:.0f}s")
             time.sleep(0.05)
