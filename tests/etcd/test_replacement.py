@@ -44,13 +44,19 @@ def _adopt(lab, region, instance_id):
     return lab.adopt(instance_id, region.instance(instance_id).private_ip)
 
 
-def test_replacement_joins_first_time_while_dead_voter_is_terminating(asg_lab):
-    lab, region = asg_lab
+def _three_voters(lab, region):
+    """The group's first three instances as an external etcd cluster: one founds, two join."""
     ids = region.wait_for_instances(GROUP, 3)
     a, b, c = (_adopt(lab, region, i) for i in ids[:3])
     a.membership.found()
     for inst in (b, c):
         inst.membership.join(lab.endpoints(exclude=inst), oracle=lab.oracle())
+    return ids, (a, b, c)
+
+
+def test_replacement_joins_first_time_while_dead_voter_is_terminating(asg_lab):
+    lab, region = asg_lab
+    ids, (a, b, c) = _three_voters(lab, region)
     wait_for(lambda: healthy_voters_equal(lab, [a, b, c]), what="three voters")
 
     lab.kill9(c)  # dies hard: no leave
@@ -74,11 +80,7 @@ def test_replacement_joins_first_time_while_dead_voter_is_terminating(asg_lab):
 def test_periodic_gc_keeps_the_grace_for_a_terminating_member(asg_lab):
     """Outside a join the going-away rule keeps ``stale_grace_s``: a watcher's pass waits."""
     lab, region = asg_lab
-    ids = region.wait_for_instances(GROUP, 3)
-    a, b, c = (_adopt(lab, region, i) for i in ids[:3])
-    a.membership.found()
-    for inst in (b, c):
-        inst.membership.join(lab.endpoints(exclude=inst), oracle=lab.oracle())
+    ids, (a, b, c) = _three_voters(lab, region)
     lab.kill9(c)
     c.alive = False
     region.terminate_instance(c.name, decrement=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,20 @@ def finished_journal(c: SandboxCluster, iid: str, timeout: float = 60) -> dict[s
         return j if j.get("finished_at") else None
 
     return c.region.wait_for(done, timeout=timeout, what=f"{iid} leave journal finished")
+
+
+def watched_worker(c: SandboxCluster, seed: Sequence[dict[str, Any]] = ()) -> tuple[str, Any]:
+    """One joined control plane and one joined worker whose watcher is up (READY line seen);
+    ``seed`` objects go into the API first. Returns the worker's instance id and its watcher."""
+    (cp,) = c.group("control-plane", 1)
+    c.join(cp)
+    (w1,) = c.group("node", 1)
+    c.join(w1)
+    for obj in seed:
+        c.kube.seed(obj)
+    proc = c.watch(w1)
+    wait_ready_line(c, w1, proc)
+    return w1, proc
 
 
 def test_worker_with_20_pods_is_scaled_in(make_cluster) -> None:
@@ -173,13 +188,7 @@ def test_pdb_that_never_allows_is_driven_by_the_deadline(make_cluster) -> None:
 
 def test_spot_interruption_leaves_inside_the_notice(make_cluster) -> None:
     c = make_cluster()
-    (cp,) = c.group("control-plane", 1)
-    c.join(cp)
-    (w1,) = c.group("node", 1)
-    c.join(w1)
-    c.kube.seed(deployment("web", 3))
-    proc = c.watch(w1)
-    wait_ready_line(c, w1, proc)
+    w1, _proc = watched_worker(c, [deployment("web", 3)])
     notice = c.region.inject_spot_interruption(w1)
     c.kube.wait_for(lambda: c.kube.find("Node", w1) is None, timeout=60)
     j = finished_journal(c, w1)
@@ -191,13 +200,8 @@ def test_spot_interruption_leaves_inside_the_notice(make_cluster) -> None:
 
 def test_restart_outside_shutdown_drains_nothing_shutdown_leaves(make_cluster) -> None:
     c = make_cluster()
-    (cp,) = c.group("control-plane", 1)
-    c.join(cp)
-    (w1,) = c.group("node", 1)
-    c.join(w1)
+    w1, proc = watched_worker(c)
     inst = c.instances[w1]
-    proc = c.watch(w1)
-    wait_ready_line(c, w1, proc)
     proc.send_signal(signal.SIGTERM)  # `systemctl restart herd-agent`: the system is running
     assert proc.wait(timeout=30) == 0
     assert not c.kube.get("Node", w1)["spec"].get("unschedulable")
@@ -338,13 +342,8 @@ def test_an_instance_that_dies_runs_no_leave(make_cluster) -> None:
     """``SandboxInstance.die()``: every process of the instance is killed at once (the watcher, the
     k3s stand-in); nothing leaves: no journal, the Node stays (a dead node's pods are not reaped)."""
     c = make_cluster()
-    (cp,) = c.group("control-plane", 1)
-    c.join(cp)
-    (w1,) = c.group("node", 1)
-    c.join(w1)
+    w1, proc = watched_worker(c)
     inst = c.instances[w1]
-    proc = c.watch(w1)
-    wait_ready_line(c, w1, proc)
     units = [p.name[:-4] for p in inst.root.path("/run/herd-sandbox").glob("*.pid")]
     assert "k3s-agent.service" in units
     killed = inst.die()
