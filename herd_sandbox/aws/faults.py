@@ -1,7 +1,8 @@
 """Injected AWS faults per action: server errors (5xx) and transient access denials.
 
 Public API (docs/sandbox-aws.md, "Faults"): ``Region.faults.add(AwsFault(...))`` in Python, or
-``herd-sandbox aws fault ...`` against a running region (which POSTs to :data:`CONTROL_PATH`), or
+``herd-sandbox aws fault ...`` against a running region (which POSTs to :data:`CONTROL_PATH`, one of
+the control routes of :mod:`herd_sandbox.aws.control`), or
 ``herd-sandbox aws serve --fault SPEC``. Throttling stays with :mod:`herd_sandbox.aws.throttle`.
 
 What each kind answers, as real AWS does for the request's protocol:
@@ -27,7 +28,9 @@ from typing import Any
 
 from herd_sandbox.aws.wire import ParsedRequest, Reply, access_denied_reply, error_reply
 
-CONTROL_PATH = "/_herd_sandbox/aws/faults"
+CONTROL_PREFIX = "/_herd_sandbox/aws/"
+"""Every control route of a running region lives under this path (:mod:`herd_sandbox.aws.control`)."""
+CONTROL_PATH = CONTROL_PREFIX + "faults"
 KINDS = ("5xx", "access-denied")
 _SPEC = re.compile(r"^(?P<service>[a-z0-9-]+):(?P<action>\*|[A-Za-z0-9]+)=(?P<kind>5xx|access-denied)"
                    r"(?:\*(?P<count>\d+))?(?:@(?P<caller>[\w.-]+))?$")
@@ -124,11 +127,12 @@ class FaultInjector:
             elif method == "DELETE":
                 self.clear()
             elif method != "GET":
-                return _json_reply(405, {"error": f"method {method} not allowed"})
+                return json_reply(405, {"error": f"method {method} not allowed"})
         except (TypeError, ValueError) as exc:
-            return _json_reply(400, {"error": str(exc)})
-        return _json_reply(200, {"rules": [asdict(r) for r in self.rules()]})
+            return json_reply(400, {"error": str(exc)})
+        return json_reply(200, {"rules": [asdict(r) for r in self.rules()]})
 
 
-def _json_reply(status: int, doc: dict[str, Any]) -> Reply:
+def json_reply(status: int, doc: dict[str, Any]) -> Reply:
+    """A control route's JSON answer."""
     return Reply(status, [("Content-Type", "application/json")], json.dumps(doc).encode())
