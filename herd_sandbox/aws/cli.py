@@ -114,7 +114,7 @@ def control(endpoint: str, method: str, route: str, doc: dict[str, Any] | None =
     """
     import requests
 
-    from herd_sandbox.aws.faults import CONTROL_PREFIX
+    from herd_sandbox.aws.control import CONTROL_PREFIX
 
     url = endpoint.rstrip("/") + CONTROL_PREFIX + route
     try:

@@ -30,12 +30,15 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
-from herd_sandbox.aws.faults import CONTROL_PREFIX, FaultInjector, json_reply
+from herd_sandbox.aws.faults import AwsFault, FaultInjector
 from herd_sandbox.aws.imds import ImdsServer
 from herd_sandbox.aws.wire import Reply
 
+CONTROL_PREFIX = "/_herd_sandbox/aws/"
+"""Every control route of a running region lives under this path."""
 _IMDS_ROUTE = re.compile(r"^imds/(?P<instance>[^/]+)/(?P<what>revoke-tokens|token-ttl|identity)$")
 
 
@@ -64,15 +67,27 @@ class ControlRoutes:
         if not path.startswith(CONTROL_PREFIX):
             return None
         route = path[len(CONTROL_PREFIX):]
-        if route == "faults":
-            return self._faults.control(method, body)
         m = _IMDS_ROUTE.match(route)
         try:
+            if route == "faults":
+                return json_reply(200, self._fault_rules(method, _json_object(body)))
             if m is None:
                 raise BadControlRequest(404, f"no control route {path}")
             return json_reply(200, self._imds(method, m["instance"], m["what"], _json_object(body)))
         except BadControlRequest as exc:
             return json_reply(exc.status, {"error": str(exc)})
+
+    def _fault_rules(self, method: str, doc: dict[str, Any]) -> dict[str, Any]:
+        if method not in ("GET", "POST", "DELETE"):
+            raise BadControlRequest(405, f"faults: method {method} not allowed (use GET, POST, DELETE)")
+        try:
+            if method == "POST":
+                self._faults.add(AwsFault(**doc))
+            elif method == "DELETE":
+                self._faults.clear()
+        except (TypeError, ValueError) as exc:
+            raise BadControlRequest(400, f"fault rule {doc}: {exc}") from None
+        return {"rules": [asdict(r) for r in self._faults.rules()]}
 
     def _imds(self, method: str, instance_id: str, what: str, doc: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -115,3 +130,8 @@ def _seconds(value: Any, name: str, *, positive: bool = False) -> float:
         raise BadControlRequest(400, f"{name} must be a number of seconds {'> 0' if positive else '>= 0'}, "
                                      f"got {value!r}")
     return float(value)
+
+
+def json_reply(status: int, doc: dict[str, Any]) -> Reply:
+    """A control route's JSON answer."""
+    return Reply(status, [("Content-Type", "application/json")], json.dumps(doc).encode())

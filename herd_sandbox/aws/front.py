@@ -48,7 +48,7 @@ class AwsFront:
         authorize: ``authorize(request, caller)`` is False when the caller's IAM policy denies the call.
         control: ``control(method, path, body)`` answers a control route (a :class:`Reply`) or
             returns None for any other path (:meth:`herd_sandbox.aws.control.ControlRoutes.answer`);
-            None: only the fault route, served by ``faults``.
+            None: the control routes without instances (the ``faults`` route only).
     """
 
     def __init__(
