@@ -10,16 +10,123 @@ exactly the code paths it uses on EC2.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from herd_agent.config.schema import DEFAULT_SYSCTLS
 from herd_agent.host.fsroot import HostRoot
 
 BASE_HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+INSTANCE_FILE = "instance.json"
+"""``<workdir>/instance.json``: ``{"instance_id", "aws_endpoint_url", "aws_region"}`` (no secrets),
+written by :meth:`SandboxInstance.prepare` for ``herd-sandbox instance die``."""
+AGENT_PID_DIR = "run"
+"""``<workdir>/run/agent-<pid>.pid``: one file per agent process :meth:`SandboxInstance.spawn_agent`
+started (written atomically)."""
+DEAD_MARKER = "dead"
+"""``<workdir>/dead``: the instance died (:func:`die_now`); nothing may start on it any more."""
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (a temporary file renamed over it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _root_of(pid: int) -> str | None:
+    """The ``HERD_AGENT_ROOT`` in process ``pid``'s environment (real path), or None (no such
+    process, a zombie, another user's, or not an instance's process)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    for entry in environ.split(b"\0"):
+        if entry.startswith(b"HERD_AGENT_ROOT="):
+            return os.path.realpath(entry[len(b"HERD_AGENT_ROOT="):].decode(errors="replace"))
+    return None
+
+
+def _ancestors() -> set[int]:
+    """This process and its ancestors: never killed, even when started with an instance's env."""
+    pids, pid = set(), os.getpid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return pids
+
+
+def _recorded_pids(workdir: Path, root_dir: Path) -> set[int]:
+    """Pids in the instance's pid files: its agents' (:data:`AGENT_PID_DIR`) and the units the
+    systemctl stand-in started (``/run/herd-sandbox`` under the root)."""
+    from herd_sandbox.systemctl import PID_DIR
+
+    pids = set()
+    files = [*(workdir / AGENT_PID_DIR).glob("*.pid"), *HostRoot(root_dir).path(PID_DIR).glob("*.pid")]
+    for pid_file in files:
+        try:
+            pids.add(int(pid_file.read_text().split()[0]))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
+def die_now(workdir: Path, settle_s: float = 10.0) -> list[int]:
+    """The instance in ``workdir`` dies now, as on a power loss, a kernel panic or EC2's hard stop:
+    every process it runs gets SIGKILL (its whole process group), nothing runs a leave, nothing is
+    cleaned up, and :data:`DEAD_MARKER` is written so nothing starts on it again.
+
+    "Its processes" are those whose environment names the instance's root in ``HERD_AGENT_ROOT``
+    (the agent has it; the systemctl stand-in gives it to every unit, and children inherit it),
+    found through the pid files (:data:`AGENT_PID_DIR`, the stand-in's ``/run/herd-sandbox``) and
+    a scan of ``/proc``. A pid from a pid file whose process no longer names the root (the pid was
+    reused) is left alone. The scan repeats until none is left, for ``settle_s`` seconds at most.
+    ``SandboxInstance.die()`` and ``herd-sandbox instance die`` both come here.
+
+    Args:
+        workdir: the instance's directory (holds ``root/``).
+        settle_s: seconds to keep killing processes that a dying one forked meanwhile.
+
+    Returns:
+        The pids killed, in the order killed.
+
+    Raises:
+        FileNotFoundError: ``workdir`` has no ``root/`` (not an instance's directory).
+    """
+    workdir = Path(workdir)
+    root_dir = workdir / "root"
+    if not root_dir.is_dir():
+        raise FileNotFoundError(f"{workdir} is not a sandbox instance's directory (no root/ in it)")
+    root = os.path.realpath(root_dir)
+    _write_atomic(workdir / DEAD_MARKER, f"{time.time():.3f}\n")
+    spare = _ancestors()
+    killed: list[int] = []
+    deadline = time.monotonic() + settle_s
+    while True:
+        candidates = _recorded_pids(workdir, root_dir)
+        candidates.update(int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit())
+        mine = sorted(pid for pid in candidates - spare if _root_of(pid) == root)
+        if not mine or time.monotonic() > deadline:
+            return killed
+        for pid in mine:
+            try:
+                if os.getpgid(pid) == pid:  # a group leader (started with start_new_session)
+                    os.killpg(pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                continue
+            if pid not in killed:
+                killed.append(pid)
+        time.sleep(0.02)  # let the kernel tear the killed down before the next scan
 
 
 def _shim(path: Path, module: str) -> None:
@@ -52,6 +159,9 @@ class SandboxInstance:
         """Lay out a fresh host: /etc/hosts, a fake /proc (sysctls at kernel defaults, overlay
         loaded), /etc/herd-agent, and the stand-in shims."""
         self.bindir.mkdir(parents=True, exist_ok=True)
+        _write_atomic(self.workdir / INSTANCE_FILE, json.dumps(
+            {"instance_id": self.instance_id, "aws_endpoint_url": self._base_env.get("AWS_ENDPOINT_URL"),
+             "aws_region": self._base_env.get("AWS_REGION")}) + "\n")
         _shim(self.bindir / "systemctl", "herd_sandbox.systemctl")
         _shim(self.bindir / "modprobe", "herd_sandbox.modprobe")
         # k3s-killall.sh stops k3s and its pods; here: stop the k3s stand-in units.
@@ -102,7 +212,7 @@ class SandboxInstance:
         Args:
             env: extra environment variables for this process.
         """
-        if self.dead:
+        if self.dead or (self.workdir / DEAD_MARKER).exists():
             raise RuntimeError(f"instance {self.instance_id} is dead: nothing runs on it any more")
         log = open(self.workdir / log_name, "ab")  # noqa: SIM115 - handed to the child
         try:
@@ -113,36 +223,20 @@ class SandboxInstance:
         finally:
             log.close()
         self._spawned.append(proc)
+        _write_atomic(self.workdir / AGENT_PID_DIR / f"agent-{proc.pid}.pid", f"{proc.pid}\n")
         return proc
 
     def die(self) -> list[int]:
-        """This instance dies now, as on a power loss, a kernel panic or EC2's hard stop: every
-        process it runs — the units the systemctl stand-in started (etcd, k3s) and the agent
-        processes spawned here — gets SIGKILL (its whole process group) at once. Nothing runs a
-        leave, nothing is cleaned up; later :meth:`spawn_agent` calls refuse. Returns the pids
-        killed. (The AWS side — the instance's EC2 state — is the region's business.)"""
-        from herd_sandbox.systemctl import PID_DIR
-
+        """This instance dies now (:func:`die_now`: every process it runs — the units the
+        systemctl stand-in started, the agent processes, anything else started with its root —
+        gets SIGKILL at once; no leave, no clean-up); later :meth:`spawn_agent` calls refuse.
+        Returns the pids killed. (The AWS side — the instance's EC2 state — is the region's
+        business: ``herd-sandbox instance die --terminate`` or ``Region.set_unhealthy``.)"""
         self.dead = True
-        pids = [p.pid for p in self._spawned if p.poll() is None]
-        pid_dir = self.root.path(PID_DIR)
-        for pid_file in sorted(pid_dir.glob("*.pid")) if pid_dir.is_dir() else []:
-            try:
-                pids.append(int(pid_file.read_text().split()[0]))
-            except (OSError, ValueError, IndexError):
-                continue
-        killed = []
-        for pid in pids:
-            try:
-                os.killpg(pid, signal.SIGKILL)  # started with start_new_session: pid == pgid
-                killed.append(pid)
-            except ProcessLookupError:
-                continue
-            except PermissionError:
-                continue
+        killed = die_now(self.workdir)
         for proc in self._spawned:
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=10)  # reap our children
             except subprocess.TimeoutExpired:
                 pass
         return killed

@@ -218,9 +218,8 @@ class Systemctl:
                 [binary, *spec.args], env=env, stdin=subprocess.DEVNULL, stdout=log_fh,
                 stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
             )
-        pid_path = self.pid_file(unit)
-        pid_path.parent.mkdir(parents=True, exist_ok=True)
-        pid_path.write_text(f"{proc.pid}\n")
+        # whole or not at all: `herd-sandbox instance die` may read it at any moment
+        self.root.write(f"{PID_DIR}/{unit}.pid", f"{proc.pid}\n", mode=0o644, only_if_changed=False)
         if spec.ready_line is None or not wait:
             return True, ""
         deadline = time.monotonic() + spec.start_timeout_s

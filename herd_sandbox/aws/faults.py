@@ -1,7 +1,8 @@
 """Injected AWS faults per action: server errors (5xx) and transient access denials.
 
 Public API (docs/sandbox-aws.md, "Faults"): ``Region.faults.add(AwsFault(...))`` in Python, or
-``herd-sandbox aws fault ...`` against a running region (which POSTs to :data:`CONTROL_PATH`), or
+``herd-sandbox aws fault ...`` against a running region (through the region's control route
+``faults``, :mod:`herd_sandbox.aws.control`), or
 ``herd-sandbox aws serve --fault SPEC``. Throttling stays with :mod:`herd_sandbox.aws.throttle`.
 
 What each kind answers, as real AWS does for the request's protocol:
@@ -19,15 +20,12 @@ never mistaken for a real AccessDenied from the IAM enforcement).
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from dataclasses import asdict, dataclass
-from typing import Any
 
 from herd_sandbox.aws.wire import ParsedRequest, Reply, access_denied_reply, error_reply
 
-CONTROL_PATH = "/_herd_sandbox/aws/faults"
 KINDS = ("5xx", "access-denied")
 _SPEC = re.compile(r"^(?P<service>[a-z0-9-]+):(?P<action>\*|[A-Za-z0-9]+)=(?P<kind>5xx|access-denied)"
                    r"(?:\*(?P<count>\d+))?(?:@(?P<caller>[\w.-]+))?$")
@@ -114,21 +112,3 @@ class FaultInjector:
             return error_reply(req, 500, code, "The request processing has failed because of an unknown "
                                                "error, exception or failure."), "fault-5xx"
         return access_denied_reply(req, caller), "fault-access-denied"
-
-    def control(self, method: str, body: bytes) -> Reply:
-        """The control route (:data:`CONTROL_PATH`): ``GET`` lists the rules, ``POST`` adds one
-        (JSON ``{service, action, kind, count, caller}``), ``DELETE`` clears them."""
-        try:
-            if method == "POST":
-                self.add(AwsFault(**json.loads(body or b"{}")))
-            elif method == "DELETE":
-                self.clear()
-            elif method != "GET":
-                return _json_reply(405, {"error": f"method {method} not allowed"})
-        except (TypeError, ValueError) as exc:
-            return _json_reply(400, {"error": str(exc)})
-        return _json_reply(200, {"rules": [asdict(r) for r in self.rules()]})
-
-
-def _json_reply(status: int, doc: dict[str, Any]) -> Reply:
-    return Reply(status, [("Content-Type", "application/json")], json.dumps(doc).encode())

@@ -1,5 +1,6 @@
 """WSGI middleware in front of moto: call log, throttling, injected faults
-(:mod:`herd_sandbox.aws.faults`), and the Auto Scaling actions moto lacks.
+(:mod:`herd_sandbox.aws.faults`), the control routes (:mod:`herd_sandbox.aws.control`), and the
+Auto Scaling actions moto lacks.
 
 Handled here rather than in moto: ``CompleteLifecycleAction``, ``RecordLifecycleActionHeartbeat``,
 ``PutLifecycleHook`` validation (HeartbeatTimeout 30–7200 s, DefaultResult CONTINUE|ABANDON), and
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from herd_sandbox.aws.calllog import Call, CallLog
-from herd_sandbox.aws.faults import CONTROL_PATH, FaultInjector
+from herd_sandbox.aws.faults import FaultInjector
 from herd_sandbox.aws.lifecycle import LifecycleEngine, LifecycleError
 from herd_sandbox.aws.throttle import Throttler
 from herd_sandbox.aws.wire import (
@@ -45,6 +46,9 @@ class AwsFront:
         caller_of: maps an access key id to a caller name (instance id, ``"operator"``…).
         faults: injected 5xx / access-denied rules (a fresh :class:`FaultInjector` by default).
         authorize: ``authorize(request, caller)`` is False when the caller's IAM policy denies the call.
+        control: ``control(method, path, body)`` answers a control route (a :class:`Reply`) or
+            returns None for any other path (:meth:`herd_sandbox.aws.control.ControlRoutes.answer`);
+            None: the control routes without instances (the ``faults`` route only).
     """
 
     def __init__(
@@ -58,6 +62,7 @@ class AwsFront:
         asg_backend: Callable[[], Any],
         faults: FaultInjector | None = None,
         authorize: Callable[[ParsedRequest, str], bool] | None = None,
+        control: Callable[[str, str, bytes], Reply | None] | None = None,
     ) -> None:
         self._moto = moto_app
         self._lock = lock
@@ -68,14 +73,20 @@ class AwsFront:
         self._asg = asg_backend
         self.faults = faults or FaultInjector()
         self._authorize = authorize  # IAM: the caller's role policy allows the call (herd_sandbox.aws.iam)
+        if control is None:
+            from herd_sandbox.aws.control import ControlRoutes
+
+            control = ControlRoutes(self.faults, _no_instances).answer
+        self._control = control
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         """WSGI entry: log, maybe throttle, then answer (own handler or moto)."""
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length) if length else b""
         environ["wsgi.input"] = io.BytesIO(body)
-        if environ.get("PATH_INFO") == CONTROL_PATH:
-            return self._send(start_response, self.faults.control(environ.get("REQUEST_METHOD", "GET"), body))
+        control = self._control(environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", ""), body)
+        if control is not None:
+            return self._send(start_response, control)
         req = parse_request(environ, body)
         if not req.service:  # unsigned: moto's own dashboard/API; not an AWS call
             with self._lock:
@@ -219,3 +230,7 @@ class AwsFront:
             for name in created:
                 backend.delete_lifecycle_hook(group, name)
         return reply
+
+
+def _no_instances(instance_id: str) -> Any:
+    raise KeyError(instance_id)

@@ -13,9 +13,12 @@ Mirrors the EC2 User Guide ("Use the Instance Metadata Service to access instanc
 
 Fault primitives (public, for tests and the benchmarks): :meth:`ImdsServer.inject_fault` (delay,
 status, drop, or a raw ``body`` served as a 200 — oversized, non-JSON, wrong types, a token with
-CR/LF), :meth:`ImdsServer.revoke_tokens` (every issued token answers 401 from now on, as after
-expiry or an IMDS restart), :meth:`ImdsServer.override_identity` (what the instance is told about
-itself — instance id, private IP, hostname, region, AZ — replaced before the agent boots).
+CR/LF), :meth:`ImdsServer.revoke_tokens` (every issued token answers 401 from now on, or after a
+given number of seconds, as after expiry or an IMDS restart), :attr:`ImdsServer.max_token_ttl`
+(tokens issued from now on live at most that long), :meth:`ImdsServer.override_identity` (what
+the instance is told about itself — instance id, private IP, hostname, region, AZ — replaced before
+the agent boots). A running region takes them over HTTP too (:mod:`herd_sandbox.aws.control`,
+``herd-sandbox aws imds …``).
 """
 
 from __future__ import annotations
@@ -133,6 +136,9 @@ class ImdsServer:
         self._faults: list[Fault] = []
         self._events = _Events()
         self._identity_overrides: dict[str, str] = {}
+        self.max_token_ttl: float | None = None
+        """When set, tokens issued from now on expire after at most this many seconds (scaled by
+        :attr:`token_time_factor`), whatever TTL was asked for: a fault, expiry coming early."""
         self._server = LoopbackServer(self, host=host, port=port, name=f"imds-{instance_id}")
 
     @property
@@ -160,13 +166,24 @@ class ImdsServer:
         with self._mu:
             self._faults.clear()
 
-    def revoke_tokens(self) -> int:
-        """Expire every token issued so far, now: the next GET with one answers 401, as after the
-        token's TTL ran out or IMDS restarted. Returns how many were revoked."""
+    def revoke_tokens(self, after: float = 0.0) -> int:
+        """Expire every token issued so far ``after`` AWS seconds from now (0: now; scaled by
+        :attr:`token_time_factor`): a GET with one then answers 401, as after the token's TTL ran
+        out or IMDS restarted. A token that would expire sooner anyway keeps its own expiry.
+        Returns how many live tokens were cut short.
+
+        Raises:
+            ValueError: ``after`` is negative.
+        """
+        if after < 0:
+            raise ValueError(f"after must be >= 0 seconds, got {after}")
+        now = self._clock()
+        until = now + after * self.token_time_factor
         with self._mu:
-            count = len(self._tokens)
-            self._tokens.clear()
-        return count
+            live = {t: exp for t, exp in self._tokens.items() if exp > now}
+            cut = sum(1 for exp in live.values() if exp > until)
+            self._tokens = {t: min(exp, until) for t, exp in live.items() if min(exp, until) > now}
+        return cut
 
     IDENTITY_FIELDS = ("instance_id", "private_ip", "local_hostname", "region", "availability_zone")
 
@@ -175,12 +192,26 @@ class ImdsServer:
         ``instanceId``/``privateIp``/``region``/``availabilityZone`` and the matching
         ``meta-data/`` paths, ``local-hostname`` and ``hostname``), e.g. to feed the agent a
         malformed identity before it boots. Keys: :attr:`IDENTITY_FIELDS`; values are served
-        verbatim. Raises ValueError on an unknown key."""
+        verbatim (strings). Raises ValueError on an unknown key or a value that is not a string."""
         unknown = set(fields) - set(self.IDENTITY_FIELDS)
         if unknown:
-            raise ValueError(f"unknown identity fields {sorted(unknown)}; known: {self.IDENTITY_FIELDS}")
+            raise ValueError(f"unknown identity fields: {', '.join(sorted(unknown))}; "
+                             f"known: {', '.join(self.IDENTITY_FIELDS)}")
+        wrong = sorted(k for k, v in fields.items() if not isinstance(v, str))
+        if wrong:
+            raise ValueError(f"identity field(s) {', '.join(wrong)}: the value must be a string")
         with self._mu:
             self._identity_overrides.update(fields)
+
+    def identity_overrides(self) -> dict[str, str]:
+        """The identity overrides in force (a copy; empty when none)."""
+        with self._mu:
+            return dict(self._identity_overrides)
+
+    def clear_identity_overrides(self) -> None:
+        """Serve the instance's real identity again."""
+        with self._mu:
+            self._identity_overrides.clear()
 
     def _identity(self) -> Identity:
         ident = self._source.identity(self.instance_id)
@@ -316,7 +347,8 @@ class ImdsServer:
         now = self._clock()
         with self._mu:
             self._tokens = {t: exp for t, exp in self._tokens.items() if exp > now}
-            self._tokens[token] = now + ttl * self.token_time_factor
+            cap = self.max_token_ttl
+            self._tokens[token] = now + (ttl if cap is None else min(ttl, cap)) * self.token_time_factor
         return 200, token.encode(), [(TTL_HEADER, str(ttl))]
 
     def _token_valid(self, token: str | None) -> bool:

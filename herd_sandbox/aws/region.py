@@ -92,12 +92,16 @@ class Region:
 
     Args:
         region_name: the AWS region name clients sign for (``us-east-1``).
-        time_factor: sandbox seconds per AWS second for lifecycle-hook timeouts (0.01 makes a
-            3600 s heartbeat timeout pass in 36 s). Spot notices and IMDS tokens use real time.
-        imds_token_time_factor: wall-clock seconds per IMDS token TTL second (default 1.0).
+        time_factor: the region's one clock factor, sandbox seconds per AWS second: lifecycle-hook
+            heartbeat and global timeouts, the ``Terminating:Proceed`` delay, IMDS token TTLs, and
+            (through ``HERD_AGENT_TIME_FACTOR`` in :meth:`env`) the agent's heartbeat cadence and
+            hook deadline. 0.01 makes a 3600 s heartbeat timeout pass in 36 s. Spot notices keep
+            real time (the agent does not scale them).
+        imds_token_time_factor: wall-clock seconds per IMDS token TTL second; None (default):
+            ``time_factor``.
         host: loopback address for the AWS endpoint; ``port`` 0 picks a free port.
         throttle_seed: seed for rate-based throttling decisions (reproducible runs).
-        clock: monotonic clock (seconds) for hook timeouts; a
+        clock: monotonic clock (seconds) for hook timeouts and IMDS token expiry; a
             :class:`~herd_sandbox.aws.lifecycle.ManualClock` makes them step-controlled
             (then call :meth:`run_timers`). Default ``time.monotonic``.
     """
@@ -106,7 +110,7 @@ class Region:
         self,
         region_name: str = "us-east-1",
         time_factor: float = 1.0,
-        imds_token_time_factor: float = 1.0,
+        imds_token_time_factor: float | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         throttle_seed: int | None = None,
@@ -116,7 +120,7 @@ class Region:
             raise ValueError(f"time_factor must be > 0, got {time_factor}")
         self.region_name = region_name
         self.time_factor = time_factor
-        self.imds_token_time_factor = imds_token_time_factor
+        self.imds_token_time_factor = time_factor if imds_token_time_factor is None else imds_token_time_factor
         self._clock = clock or time.monotonic
         self._host = host
         self._port = port
@@ -147,6 +151,8 @@ class Region:
         from moto.core import DEFAULT_ACCOUNT_ID
         from moto.server import DomainDispatcherApplication, create_backend_app
 
+        from herd_sandbox.aws.control import ControlRoutes
+        from herd_sandbox.aws.faults import FaultInjector
         from herd_sandbox.aws.front import AwsFront
 
         self.account_id = DEFAULT_ACCOUNT_ID
@@ -162,6 +168,7 @@ class Region:
 
             cfn.install()  # stacks' groups get their LifecycleHookSpecificationList (herd_sandbox/aws/cfn.py)
             self._engine = LifecycleEngine(self.cond, self._asg, self.time_factor, clock=self._clock)
+            faults = FaultInjector()
             front = self._front = AwsFront(
                 DomainDispatcherApplication(create_backend_app),
                 self.cond,
@@ -170,7 +177,9 @@ class Region:
                 self.throttler,
                 self.caller_of,
                 self._asg,
+                faults=faults,
                 authorize=self.authorize,
+                control=ControlRoutes(faults, lambda i: self.instance(i).imds).answer,
             )
             self._server = LoopbackServer(front, host=self._host, port=self._port, name="aws").start()
             self._engine.start()
@@ -290,7 +299,9 @@ class Region:
 
         Returns ``AWS_ENDPOINT_URL``, ``AWS_REGION``/``AWS_DEFAULT_REGION``, the credentials
         (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, and ``AWS_SESSION_TOKEN`` for instances)
-        and, for an instance, ``AWS_EC2_METADATA_SERVICE_ENDPOINT`` (+ ``…_MODE=IPv4``).
+        and, for an instance, ``AWS_EC2_METADATA_SERVICE_ENDPOINT`` (+ ``…_MODE=IPv4``) and
+        ``HERD_AGENT_TIME_FACTOR`` (the region's clock factor, so the agent's hook deadline and
+        heartbeat cadence run on the region's clock; :mod:`herd_agent.failpoints`).
 
         Raises:
             KeyError: unknown instance id.
@@ -311,6 +322,7 @@ class Region:
                     "AWS_SESSION_TOKEN": inst.session_token,
                     "AWS_EC2_METADATA_SERVICE_ENDPOINT": inst.imds_url,
                     "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE": "IPv4",
+                    "HERD_AGENT_TIME_FACTOR": repr(self.time_factor),
                 }
             )
         return env
@@ -670,7 +682,8 @@ class Region:
                 private_ips.add(ip)
             key = "ASIA" + hashlib.sha256(f"{inst.id}/{secrets.token_hex(4)}".encode()).hexdigest()[:16].upper()
             imds = ImdsServer(
-                inst.id, ip, self, metadata_tags=tags_enabled, token_time_factor=self.imds_token_time_factor
+                inst.id, ip, self, metadata_tags=tags_enabled, token_time_factor=self.imds_token_time_factor,
+                clock=self._clock,
             ).start()
             self._instances[inst.id] = Instance(
                 instance_id=inst.id,
