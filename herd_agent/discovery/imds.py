@@ -40,6 +40,7 @@ from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 from herd_agent.errors import ExitCode, HerdError
+from herd_agent.failpoints import scaled
 from herd_agent.redact import register_secret
 
 log = logging.getLogger(__name__)
@@ -346,8 +347,9 @@ class ImdsClient:
             ImdsBadAnswer: the token is not 1–1024 visible ASCII characters (e.g. contains CR/LF).
         """
         with self._lock:
-            margin = max(60.0, self.token_ttl_s / 10)
-            if not force and self._token and self._clock() < self._token_expires - min(margin, self.token_ttl_s / 2):
+            life = scaled(self.token_ttl_s)  # the region's clock factor in tests; 1.0 in production
+            margin = min(max(scaled(60.0), life / 10), life / 2)
+            if not force and self._token and self._clock() < self._token_expires - margin:
                 return self._token
             started = self._clock()
             try:
@@ -363,7 +365,7 @@ class ImdsClient:
                                                 "(a line break or control character would corrupt the request header)")
             self._token = text
             register_secret(text)
-            self._token_expires = started + self.token_ttl_s
+            self._token_expires = started + life
             self.token_fetches += 1
             return text
 

@@ -104,11 +104,31 @@ def test_token_is_cached_and_renewed_after_expiry(aws_region: Region, unique: st
     region = aws_region
     iid = launch(region, {"herd:cluster": "blue", "herd:role": "node"}, unique)
     now = [0.0]
-    imds = ImdsClient(region.instance(iid).imds_url, token_ttl_s=60, clock=lambda: now[0])
+    # the longest TTL IMDS grants (6 h): the region scales token lifetimes by its clock factor, so
+    # a short one could really expire between two requests on a loaded machine
+    imds = ImdsClient(region.instance(iid).imds_url, token_ttl_s=21600, clock=lambda: now[0])
     assert imds.get("/latest/meta-data/instance-id") == iid
     assert imds.get("/latest/meta-data/local-ipv4") == region.instance(iid).private_ip
     assert imds.token_fetches == 1
-    now[0] = 31.0  # past half the TTL: renewed before it expires
+    now[0] = 19441.0  # inside the last tenth of the TTL on the agent's clock: renewed before it expires
+    imds.get("/latest/meta-data/instance-id")
+    assert imds.token_fetches == 2
+
+
+def test_token_lifetime_follows_the_time_factor(aws_region: Region, unique: str, monkeypatch) -> None:
+    """With ``HERD_AGENT_TIME_FACTOR`` the agent counts a token's life as the region does (the
+    region serves a 6 h token for 216 s at factor 0.01): renewed inside its last tenth, not after."""
+    region = aws_region
+    assert region.time_factor == 0.01
+    monkeypatch.setenv("HERD_AGENT_TIME_FACTOR", "0.01")
+    iid = launch(region, {"herd:cluster": "blue", "herd:role": "node"}, unique)
+    now = [0.0]
+    imds = ImdsClient(region.instance(iid).imds_url, token_ttl_s=21600, clock=lambda: now[0])
+    imds.get("/latest/meta-data/instance-id")
+    now[0] = 190.0  # before the last tenth of 216 s
+    imds.get("/latest/meta-data/instance-id")
+    assert imds.token_fetches == 1
+    now[0] = 195.0  # inside it
     imds.get("/latest/meta-data/instance-id")
     assert imds.token_fetches == 2
 
