@@ -18,8 +18,8 @@ set; nothing in production sets them (docs/development.md, "Test hooks").
     Wall-clock seconds per AWS second, for a test region that runs AWS's timers fast (the local
     region's ``time_factor``). :func:`scaled` multiplies durations the agent reads from AWS
     (a lifecycle hook's heartbeat and global timeouts, the IMDS token lifetime it asked for) and the
-    cadences derived from them, so the
-    agent's default heartbeat cadence runs against the region's hook timeouts at the same scale.
+    cadences derived from them, so the agent's default heartbeat cadence runs against the
+    region's hook timeouts at the same scale.
     Unset (or unparsable, or outside 0 < f <= 1): 1.0.
 """
 
