@@ -457,8 +457,10 @@ class EmbeddedEtcd:
         return name
 
     def has_data(self) -> bool:
-        """True when the data dir holds a member (a restart, not a first start)."""
-        return self.root.path(f"{ETCD_DATA_DIR}/member").is_dir()
+        """True when etcd has run here before: its WAL directory exists (k3s ``IsInitialized``:
+        ``db/etcd/member/wal``). A first start that failed before etcd wrote its WAL (e.g. the
+        peer URLs did not validate) leaves ``member/snap`` only: that is still a join."""
+        return self.root.path(f"{ETCD_DATA_DIR}/member/wal").is_dir()
 
     def write_certs(self, server_ca: ClusterCa, peer_ca: ClusterCa) -> None:
         """Write the CA certificates and this member's certificates (keys 0600)."""

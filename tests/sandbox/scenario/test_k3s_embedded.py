@@ -13,7 +13,7 @@ import requests
 
 from herd_sandbox.aws.region import Hook, Region
 from herd_sandbox.instance import SandboxInstance
-from herd_sandbox.k3s import ETCD_FINALIZER, ETCD_TLS_DIR, NODE_NAME_ANNOTATION, EmbeddedEtcd
+from herd_sandbox.k3s import ETCD_DATA_DIR, ETCD_FINALIZER, ETCD_TLS_DIR, NODE_NAME_ANNOTATION, EmbeddedEtcd
 from herd_sandbox.kube.sandbox import KubeSandbox
 from herd_sandbox.verify import EtcdGatewayError
 
@@ -49,6 +49,29 @@ def servers(aws_region: Region, kube_sandbox: KubeSandbox, tmp_path: Path,
     finally:
         for inst in insts:
             inst.stop_units()
+
+
+def test_a_join_after_a_failed_first_etcd_start_joins_the_cluster(
+        servers: list[SandboxInstance], aws_region: Region) -> None:
+    """A first start whose etcd died before writing its WAL (seen: the peer URLs failed to validate
+    while a control plane left) leaves ``member/snap`` behind. As k3s does (``IsInitialized`` looks
+    for ``member/wal``), the next start joins again: it must not boot a one-member cluster of its own."""
+    first, second = servers
+    assert first.agent("join").returncode == 0
+    second.root.path(f"{ETCD_DATA_DIR}/member/snap").mkdir(parents=True)
+    r = second.agent("join")
+    assert r.returncode == 0, r.stderr[-2000:]
+    ids = []
+    for inst in servers:
+        ip = aws_region.instance(inst.instance_id).private_ip
+        client = EmbeddedEtcd(inst.root, inst.instance_id, ip).client()
+        try:
+            cluster_id, members = client.member_list()
+        finally:
+            client.close()
+        ids.append(cluster_id)
+        assert len(members) == 2, members
+    assert ids[0] == ids[1]
 
 
 def test_servers_found_and_join_embedded_etcd_and_a_deleted_node_loses_its_member(
