@@ -246,7 +246,7 @@ class Region:
                 from moto.secretsmanager.models import secretsmanager_backends
 
                 try:
-                    return secretsmanager_backends[DEFAULT_ACCOUNT_ID][self.region_name].describe_secret(ident)["ARN"]
+                    return str(secretsmanager_backends[DEFAULT_ACCOUNT_ID][self.region_name].describe_secret(ident).arn)
                 except Exception:
                     return None
 

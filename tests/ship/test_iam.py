@@ -195,6 +195,10 @@ def test_join_and_leave_under_enforced_policies(region: Region, kube_iam: KubeSa
                                                 config: str) -> None:
     out = join_and_leave(region, kube_iam, tmp_path, toolchain, config=config)
     assert out["ok"] and out["checked"], {k: v for k, v in out.items() if k not in ("cp_err", "worker_err")}
+    if config == SECRETS_CONFIG:  # an existing secret is named by its real ARN (random 6-character suffix)
+        reads = [r for _, req, _ in region.iam_decisions if req.action == "secretsmanager:GetSecretValue"
+                 for r in req.resources]
+        assert reads and any(not r.endswith("-??????") for r in reads), reads
 
 
 STATEMENTS = [(role, s["Sid"]) for role in sorted(POLICIES)
