@@ -121,16 +121,34 @@ FIGURES = [
            "The five test charts (CRD ← operator ← app, two independent) applied by the leader's DAG applier "
            "(parallelism 4, readiness checks included) over the same charts applied by a plain `helm upgrade "
            "--install --wait` loop in needs order; helm 4, each on a fresh emulated API, same run.", goal_value=1.0),
+    Figure("ship_deb_size_mib", "ship", ("deb_size_mib",), "MiB", "—",
+           "`herd-agent_<version>_<arch>.deb` (xz) as `packaging/build-deb` makes it, in the bake test "
+           "(`tests/ship/test_bake.py`)."),
+    Figure("ship_installed_size_mib", "ship", ("installed_size_mib",), "MiB", "—",
+           "dpkg's `Installed-Size` of the package in a fresh Debian 12 root (the venv is most of it)."),
+    Figure("ship_boot_to_joined_s", "ship", ("boot_to_joined_s",), "s", "—",
+           "From starting `systemd-nspawn --boot` of the installed root (a worker of a sandbox cluster, real "
+           "systemd as PID 1) to its launch lifecycle action completed (InService): systemd's boot, the join's "
+           "config phase, the k3s stand-in's start, the ready phase. Each run bakes a fresh root."),
+    Figure("ship_poweroff_with_leave_s", "ship", ("poweroff_with_leave_s",), "s", "—",
+           "`systemctl poweroff` in that container until it stopped, the watcher's leave (cordon, drain of an "
+           "empty node, Node deletion, hook completion) included."),
+    *[Figure(f"ship_exposure_{unit.removesuffix('.service').replace('-', '_')}", "ship", ("exposure", unit),
+             "exposure", "held (tests/units)",
+             f"`systemd-analyze security --offline=yes` of the installed `{unit}` (units/README.md); the ceiling "
+             "each unit is held to is in tests/units/test_units.py.")
+      for unit in ("herd-agent-join.service", "herd-agent-join-ready.service", "herd-agent.service",
+                   "herd-agent-leader.service", "herd-etcd.service")],
 ]
 
 SCRIPT_ARGS = {"watcher": ["--runs", "5", "--idle-s", "30"],
                "join": ["--runs", "5"], "etcd_membership": ["--runs", "5"], "aws_region": ["--runs", "5"],
                "idle_calls": ["--runs", "3", "--window", "150"], "scaleout": ["--runs", "3", "--nodes", "50"],
-               "leader": ["--runs", "3"]}
+               "leader": ["--runs", "3"], "ship": ["--runs", "2"]}
 QUICK_ARGS = {"watcher": ["--runs", "2", "--idle-s", "10"],
               "join": ["--runs", "2"], "etcd_membership": ["--runs", "2"], "aws_region": ["--runs", "2"],
               "idle_calls": ["--quick"], "scaleout": ["--runs", "1", "--nodes", "10"],
-              "leader": ["--runs", "1"]}
+              "leader": ["--runs", "1"], "ship": ["--runs", "1"]}
 
 
 def run_script(name: str, quick: bool) -> dict[str, Any]:

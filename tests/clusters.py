@@ -2,7 +2,9 @@
 
 Workers hold what a real worker holds: the herd-agent ServiceAccount's token (shipped RBAC,
 ``packaging/rbac/herd-agent.yaml``, enforced by the emulator) read from SSM, and the API's CA —
-never the emulator's admin kubeconfig. Every instance runs the agent with
+never the emulator's admin kubeconfig. The cluster has a customer-managed KMS key (alias
+``alias/herd/<name>``) that the agents write their tokens with (``kms.key_id``) and the
+ServiceAccount token is stored under, so the roles' KMS statements are exercised. Every instance runs the agent with
 ``HERD_AGENT_TIME_FACTOR`` set to the region's time factor (:mod:`herd_agent.failpoints`), so the
 agent's default heartbeat cadence meets the region's scaled hook timeouts.
 """
@@ -16,14 +18,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from herd_sandbox.aws.region import Hook, Region
 from herd_sandbox.instance import SandboxInstance
 from herd_sandbox.kube.sandbox import KubeSandbox
+from herd_sandbox.scenario.cluster import create_cluster_key, publish_agent_token
 
 _n = itertools.count()
-RBAC = Path(__file__).resolve().parents[1] / "packaging" / "rbac" / "herd-agent.yaml"
 
 BASE_CONFIG = """\
 discovery:
@@ -53,27 +53,19 @@ class SandboxCluster:
 
     def __init__(self, region: Region, kube: KubeSandbox, workdir: Path, toolchain: Any, config: str = "") -> None:
         self.region, self.kube, self.workdir, self.toolchain = region, kube, workdir, toolchain
-        self.config = BASE_CONFIG + config
         self.name = f"c{next(_n)}-{os.getpid() % 1000}"
+        self.kms_key_arn = create_cluster_key(region, self.name)  # before the groups: their policies name it
+        self.config = BASE_CONFIG + f"kms:\n  key_id: {self.kms_key_arn}\n" + config
         self.region.create_launch_template(f"{self.name}-lt")
         self.instances: dict[str, SandboxInstance] = {}
         self.watchers: dict[str, subprocess.Popen[bytes]] = {}
         self._token_parameter: str | None = None
 
     def agent_token_parameter(self) -> str:
-        """Install the shipped RBAC (once per API server) and put the herd-agent ServiceAccount's
-        token in SSM (SecureString); returns the parameter name."""
+        """The herd-agent ServiceAccount token's parameter, published once (:func:`publish_agent_token`)."""
         if self._token_parameter is None:
-            if self.kube.find("ClusterRole", "herd-agent") is None:
-                for doc in yaml.safe_load_all(RBAC.read_text()):
-                    if self.kube.find(doc["kind"], doc["metadata"]["name"],
-                                      namespace=doc["metadata"].get("namespace")) is None:
-                        self.kube.create(doc)
-            self.kube.service_account_kubeconfig("kube-system", "herd-agent", rbac=True)
-            token = self.kube.identity("system:serviceaccount:kube-system:herd-agent").token
-            name = f"/herd/{self.name}/agent-sa-token"
-            self.region.client("ssm").put_parameter(Name=name, Value=token, Type="SecureString", Overwrite=True)
-            self._token_parameter = name
+            self._token_parameter = publish_agent_token(self.kube, self.region.client("ssm"), self.name,
+                                                        self.kms_key_arn)
         return self._token_parameter
 
     def group(self, role: str, size: int, *, terminate_hook: bool = False, heartbeat_timeout: int = 3600) -> list[str]:

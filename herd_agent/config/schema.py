@@ -181,6 +181,12 @@ SCHEMA = Schema(
         Opt("token.agent_name", "str", "/herd/{cluster}/k3s-agent-token",
             "SSM parameter / Secrets Manager id of the k3s AGENT token: the only token workers read.",
             pattern=_SSM_NAME),
+        # encryption of what the agent writes
+        Opt("kms.key_id", "str", None,
+            "KMS key (key id, key ARN, alias/NAME or alias ARN) the agent encrypts the SecureString "
+            "parameters and secrets it writes with (join tokens, etcd CA); unset: the AWS-managed aws/ssm "
+            "and aws/secretsmanager keys. The roles need kms:Encrypt/GenerateDataKey/Decrypt on it (ami/iam).",
+            nullable=True, pattern=r"[A-Za-z0-9:/_\-]{1,2048}"),
         # founder decision
         Opt("founder.parameter", "str", "/herd/{cluster}/founder",
             "SSM parameter prefix of the founder claims; the epoch number is appended (docs/join.md).",

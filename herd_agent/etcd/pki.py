@@ -75,12 +75,16 @@ class SecretsManagerCaStore:
         secret_id: the secret's name (``etcd.ca_secret``).
         region: AWS region for a lazily built client.
         client: a ready boto3 ``secretsmanager`` client (tests: Stubber or moto).
+        kms_key_id: KMS key a new CA secret is encrypted with (``kms.key_id``); None: the
+            AWS-managed ``aws/secretsmanager`` key.
     """
 
-    def __init__(self, secret_id: str, region: str | None = None, client: Any = None) -> None:
+    def __init__(self, secret_id: str, region: str | None = None, client: Any = None,
+                 kms_key_id: str | None = None) -> None:
         self.secret_id = secret_id
         self.region = region
         self._client = client
+        self.kms_key_id = kms_key_id
 
     def _sm(self) -> Any:
         if self._client is None:
@@ -104,7 +108,8 @@ class SecretsManagerCaStore:
         body = json.dumps({"cert": cert_pem.decode(), "key": key_pem.decode()})
         try:
             self._sm().create_secret(Name=self.secret_id, SecretString=body,
-                                     Description="herd-agent etcd cluster CA (control planes only)")
+                                     Description="herd-agent etcd cluster CA (control planes only)",
+                                     **({"KmsKeyId": self.kms_key_id} if self.kms_key_id else {}))
         except Exception as exc:  # noqa: BLE001
             if _code(exc) == "ResourceExistsException":
                 return False

@@ -193,7 +193,8 @@ class Etcd:
 
         me = Membership(ctx.root, settings, EtcdIdentity(ctx.ident.instance_id, ctx.ident.private_ip),
                         runner=ctx.runner, ca_store=SecretsManagerCaStore(settings.ca_secret, ctx.ident.region,
-                                                                          client=ctx.clients("secretsmanager")))
+                                                                          client=ctx.clients("secretsmanager"),
+                                                                          kms_key_id=ctx.cfg.get("kms.key_id")))
         if ctx.state.founder:
             ctx.act("etcd: found a new cluster", me.found)
             return

@@ -174,18 +174,20 @@ class TokenStore:
 
         name = self.name(kind)
         what = f"k3s {kind} join token of cluster {self.ident.cluster} (herd-agent)"
+        key = self.cfg.get("kms.key_id")  # None: the AWS-managed key of the service
         if self.source == "ssm":
             aws.call(self._client(), "PutParameter", Name=name, Value=value, Type="SecureString",
-                     Overwrite=overwrite, Description=what)
-        elif overwrite:
-            try:
+                     Overwrite=overwrite, Description=what, **({"KeyId": key} if key else {}))
+            return
+        create = {"Name": name, "SecretString": value, "Description": what, **({"KmsKeyId": key} if key else {})}
+        if overwrite:
+            try:  # a secret keeps the key it was created with (Secrets Manager PutSecretValue)
                 aws.call(self._client(), "PutSecretValue", SecretId=name, SecretString=value)
+                return
             except aws.AwsError as exc:
                 if exc.code != "ResourceNotFoundException":
                     raise
-                aws.call(self._client(), "CreateSecret", Name=name, SecretString=value, Description=what)
-        else:
-            aws.call(self._client(), "CreateSecret", Name=name, SecretString=value, Description=what)
+        aws.call(self._client(), "CreateSecret", **create)
 
 
 def write_file(root: HostRoot, value: str, path: str = TOKEN_FILE) -> bool:

@@ -5,6 +5,10 @@ exist before the group launches its first instance (that is why the property exi
 ``AWS::AutoScaling::LifecycleHook`` resource would come too late for them). moto's resource
 ignores the list, so :func:`install` wraps it: the group is created empty, its hooks are created,
 then its capacity is set; instances launch into ``Pending:Wait`` as on AWS.
+
+``AWS::KMS::Key``'s ``KeyPolicy`` is "a JSON object" in a template (CloudFormation's resource
+reference) and a JSON string in the KMS API; moto's resource keeps the object, and its KMS then
+fails on every use of the key. :func:`install` hands moto the policy as the string KMS stores.
 """
 
 from __future__ import annotations
@@ -43,4 +47,23 @@ def install() -> None:
         return group
 
     FakeAutoScalingGroup.create_from_cloudformation_json = classmethod(create)  # type: ignore[method-assign]
+    _install_kms_key()
     _installed = True
+
+
+def _install_kms_key() -> None:
+    import json
+
+    from moto.kms.models import Key
+
+    original = Key.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
+
+    def create(cls: Any, resource_name: str, cloudformation_json: dict[str, Any], account_id: str,
+               region_name: str, **kwargs: Any) -> Any:
+        props = cloudformation_json.get("Properties", {})
+        if isinstance(props.get("KeyPolicy"), dict):
+            props = {**props, "KeyPolicy": json.dumps(props["KeyPolicy"])}
+        return original(cls, resource_name, {**cloudformation_json, "Properties": props}, account_id, region_name,
+                        **kwargs)
+
+    Key.create_from_cloudformation_json = classmethod(create)  # type: ignore[method-assign]

@@ -18,6 +18,25 @@ otherwise some ``Allow`` must match; nothing matches means an implicit deny.
   several values of one key are ORed, several keys and operators ANDed; a missing key fails the
   condition (except ``IfExists``). Any other operator raises :class:`PolicyError` (fail closed).
 
+**KMS through SSM and Secrets Manager** (:func:`kms_request_of`). A SecureString parameter or a
+secret encrypted under a *customer-managed* key can be written or read only when the caller's own
+policy allows the KMS operation the service performs on that key for it, evaluated with
+``kms:ViaService`` = ``<service>.<region>.amazonaws.com`` and ``kms:CallerAccount``:
+
+- SSM ("How AWS Systems Manager Parameter Store uses AWS KMS", standard parameters):
+  ``PutParameter`` of a ``SecureString`` → ``kms:Encrypt`` on its ``KeyId``; ``GetParameter`` /
+  ``GetParameters`` ``WithDecryption`` of a ``SecureString`` → ``kms:Decrypt`` on the key it was
+  stored with ("any principal that retrieves the decrypted value must have kms:Decrypt permission
+  on that key").
+- Secrets Manager ("Secret encryption and decryption in AWS Secrets Manager": envelope
+  encryption, a new data key for every new value): ``CreateSecret`` with a value and
+  ``PutSecretValue`` → ``kms:GenerateDataKey``; ``GetSecretValue`` → ``kms:Decrypt``.
+- The AWS-managed keys (``aws/ssm``, ``aws/secretsmanager``) need no identity permission: their
+  key policies allow every principal of the account through the service. The customer-managed
+  key's policy is taken to delegate to IAM (the default key policy, which the example stack
+  gives its key); key policies themselves are not evaluated. A key that does not exist refuses.
+  ``GetParametersByPath`` with decryption is not modelled (the agent reads only plain Strings by path).
+
 The resources and condition keys of a request come from the service authorization reference
 (docs.aws.amazon.com/service-authorization/latest/reference/): for the actions whose ARN AWS
 checks, the ARN of what the request names; ``*`` for the actions that accept only ``*``
@@ -196,6 +215,57 @@ def request_of(
     return AuthzRequest(f"{service}:{action}", tuple(resources) or ("*",), context)
 
 
+AWS_MANAGED_KEYS = {"ssm": "alias/aws/ssm", "secretsmanager": "alias/aws/secretsmanager"}
+
+
+def kms_request_of(
+    service: str,
+    action: str,
+    params: dict[str, Any],
+    *,
+    region: str,
+    account: str,
+    stored_keys: Callable[[], list[str | None]],
+    key_arn: Callable[[str], tuple[str, bool] | None],
+) -> AuthzRequest | None:
+    """The KMS request the service makes on the caller's behalf for this call, or None when it
+    makes none that needs the caller's permission (see the module docstring).
+
+    Args:
+        stored_keys: the KeyId / KmsKeyId of each SecureString parameter or secret the call reads
+            or re-encrypts, as stored (None: not encrypted / does not exist).
+        key_arn: any key id, key ARN, alias name or alias ARN → (key ARN, AWS-managed), or None
+            when no such key exists.
+    """
+    via = {"kms:ViaService": f"{service}.{region}.amazonaws.com", "kms:CallerAccount": account,
+           "aws:RequestedRegion": region}
+    keys: list[str | None]
+    if service == "ssm" and action == "PutParameter" and params.get("Type") == "SecureString":
+        kms_action, keys = "kms:Encrypt", [str(params.get("KeyId") or AWS_MANAGED_KEYS["ssm"])]
+    elif service == "ssm" and action in ("GetParameter", "GetParameters") and \
+            str(params.get("WithDecryption")).lower() == "true":
+        kms_action, keys = "kms:Decrypt", stored_keys()
+    elif service == "secretsmanager" and action == "CreateSecret" and \
+            (params.get("SecretString") is not None or params.get("SecretBinary") is not None):
+        kms_action, keys = "kms:GenerateDataKey", [str(params.get("KmsKeyId") or AWS_MANAGED_KEYS[service])]
+    elif service == "secretsmanager" and action == "PutSecretValue":
+        kms_action, keys = "kms:GenerateDataKey", stored_keys()
+    elif service == "secretsmanager" and action == "GetSecretValue":
+        kms_action, keys = "kms:Decrypt", stored_keys()
+    else:
+        return None
+    arns: list[str] = []
+    for key in keys:
+        if key is None:
+            continue
+        found = key_arn(key)
+        if found is None:  # KMS NotFoundException: the call fails whoever makes it
+            arns.append(f"arn:aws:kms:{region}:{account}:key/{key}")
+        elif not found[1]:
+            arns.append(found[0])
+    return AuthzRequest(kms_action, tuple(dict.fromkeys(arns)), via) if arns else None
+
+
 def render(document: str, values: dict[str, str]) -> str:
     """Fill ``${Name}`` placeholders of a policy file (the CloudFormation ``Fn::Sub`` syntax).
 
@@ -224,11 +294,28 @@ def agent_token_name(cluster: str) -> str:
     return str(default).replace("{cluster}", cluster).lstrip("/")
 
 
-def shipped_policy(role: str, *, region: str, account: str, cluster: str) -> dict[str, Any] | None:
-    """The role's policy from ``ami/iam`` rendered for one cluster, or None outside a checkout."""
+KMS_STATEMENTS = frozenset({"ClusterKey", "ClusterKeyDecrypt"})
+"""The statements on the cluster's customer-managed key (``${KmsKeyArn}``)."""
+
+
+def cluster_key_alias(cluster: str) -> str:
+    """The alias of a cluster's customer-managed KMS key (the example stack's ``ClusterKeyAlias``)."""
+    return f"alias/herd/{cluster}"
+
+
+def shipped_policy(role: str, *, region: str, account: str, cluster: str,
+                   kms_key_arn: str | None = None) -> dict[str, Any] | None:
+    """The role's policy from ``ami/iam`` rendered for one cluster, or None outside a checkout.
+
+    ``kms_key_arn``: the cluster's customer-managed key; None (a cluster on the AWS-managed keys)
+    leaves the statements on it out, as ami/iam/README.md tells such a user to.
+    """
     path = POLICY_DIR / POLICY_FILES.get(role, "")
     if role not in POLICY_FILES or not path.is_file():
         return None
     values = {"AWS::Region": region, "AWS::AccountId": account, "ClusterName": cluster,
-              "AgentToken": agent_token_name(cluster)}
-    return json.loads(render(path.read_text(), values))
+              "AgentToken": agent_token_name(cluster), "KmsKeyArn": kms_key_arn or "none"}
+    doc = json.loads(render(path.read_text(), values))
+    if kms_key_arn is None:
+        doc["Statement"] = [s for s in doc["Statement"] if s.get("Sid") not in KMS_STATEMENTS]
+    return doc

@@ -255,7 +255,7 @@ class Region:
                 from moto.secretsmanager.models import secretsmanager_backends
 
                 try:
-                    return secretsmanager_backends[DEFAULT_ACCOUNT_ID][self.region_name].describe_secret(ident)["ARN"]
+                    return str(secretsmanager_backends[DEFAULT_ACCOUNT_ID][self.region_name].describe_secret(ident).arn)
                 except Exception:
                     return None
 
@@ -263,7 +263,44 @@ class Region:
                                      account=self.account_id, group=group, secret_arn=secret_arn)
             decision = iam.evaluate(policies, request)
             self.iam_decisions.append((caller, request, decision))
+            if not decision.allowed:
+                return False
+            kms = iam.kms_request_of(req.service, req.action, req.params, region=self.region_name,
+                                     account=self.account_id, stored_keys=lambda: self._stored_keys(req),
+                                     key_arn=self._kms_key)
+            if kms is None:
+                return True
+            decision = iam.evaluate(policies, kms)
+            self.iam_decisions.append((caller, kms, decision))
             return decision.allowed
+
+    def _stored_keys(self, req: Any) -> list[str | None]:
+        """The KMS key each SecureString parameter / secret a call names is stored under (None: none)."""
+        from moto.backends import get_backend
+
+        backend = get_backend(req.service)[self.account_id][self.region_name]
+        if req.service == "ssm":
+            names = [req.params.get("Name")] + list(req.params.get("Names") or [])
+            params = [backend.get_parameter(n) for n in names if isinstance(n, str)]
+            return [p.keyid or "alias/aws/ssm" for p in params if p is not None and p.parameter_type == "SecureString"]
+        try:
+            secret = backend.describe_secret(req.params.get("SecretId"))
+        except Exception:  # noqa: BLE001 - moto's not-found error: the call itself will say so
+            return []
+        return [getattr(secret, "kms_key_id", None) or "alias/aws/secretsmanager"]
+
+    def _kms_key(self, key_id: str) -> tuple[str, bool] | None:
+        """Any key id, key ARN, alias or alias ARN → (key ARN, AWS-managed), None when unknown."""
+        from moto.backends import get_backend
+
+        if key_id.split(":alias/")[-1].startswith(("alias/aws/", "aws/")):
+            return key_id, True
+        backend = get_backend("kms")[self.account_id][self.region_name]
+        try:
+            key = backend.keys[backend.any_id_to_key_id(key_id)]
+        except Exception:  # noqa: BLE001 - no such key or alias
+            return None
+        return key.arn, key.key_manager == "AWS"
 
     def _profile_policies(self, group: Any) -> list[dict[str, Any]]:
         """The inline policies of the role in the instance profile of the group's launch template
@@ -509,7 +546,9 @@ class Region:
         with self.cond:
             if not (role and cluster) or f"group:{group}" in self._policies:
                 return
-        doc = iam.shipped_policy(role, region=self.region_name, account=self.account_id, cluster=cluster)
+        key = self._kms_key(iam.cluster_key_alias(cluster))  # the cluster's customer-managed key, if any
+        doc = iam.shipped_policy(role, region=self.region_name, account=self.account_id, cluster=cluster,
+                                 kms_key_arn=key[0] if key else None)
         if doc is not None:
             self.attach_policy(group, doc, group=True)
 

@@ -168,6 +168,28 @@ def lifecycle_actions(c: ScenarioCluster) -> Check:
     return Check(name, True, f"{len(finished)} completed ({summary})", data)
 
 
+def iam_enforced(c: ScenarioCluster) -> Check:
+    """Every instance's AWS calls were decided by IAM against its role's policy (the region's own
+    decisions, :attr:`Region.iam_decisions`), KMS use through SSM/Secrets Manager included, and none
+    was refused (the call log's outcomes)."""
+    name = "every instance call checked by IAM, none refused"
+    ids = set(c.machines)
+    checked = {caller for caller, _, _ in c.region.iam_decisions}
+    kms = sorted({req.action for caller, req, d in c.region.iam_decisions
+                  if caller in ids and req.action.startswith("kms:") and d.allowed})
+    refused = [f"{c.label(x.caller)} {x.service}:{x.action}" for x in c.region.calls()
+               if x.caller in ids and x.outcome in ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation")]
+    unchecked = sorted(c.label(i) for i in ids - checked)
+    calls = sum(1 for x in c.region.calls() if x.caller in ids)
+    data = {"refused": refused, "unchecked": unchecked, "kms_actions": kms, "calls": calls}
+    if refused or unchecked:
+        return Check(name, False, "; ".join(filter(None, [
+            f"refused: {', '.join(refused[:5])}" if refused else "",
+            f"never checked: {', '.join(unchecked)}" if unchecked else ""])), data)
+    return Check(name, True, f"{calls} calls of {len(ids)} instances, KMS through the services: "
+                 f"{', '.join(kms) or 'none'}", data)
+
+
 def pdbs(c: ScenarioCluster) -> Check:
     """No PodDisruptionBudget was violated at any Pod change since it was first met."""
     name = "no PodDisruptionBudget violated"

@@ -8,6 +8,18 @@ stand-in) that runs the real ``herd-agent join`` and then the long-running ``her
 as the AMI's units would; every instance that reaches ``Terminated`` is powered off (its watcher
 gets SIGTERM, as at an EC2 shutdown, then whatever still runs on it is stopped).
 
+The groups come from one place, :meth:`ScenarioCluster.create_groups`: made by the sandbox
+(a launch template and two groups with hooks, tagged ``herd:cluster``/``herd:role``, each role's
+shipped policy attached), or, with ``stack``, by deploying a CloudFormation template (the example
+stack, ``ami/cloudformation/cluster.yaml``) into the region with moto's CloudFormation: its
+groups, launch templates, lifecycle hooks, KMS key and instance profiles are used as made, the
+instances' calls checked against the policies of the roles the stack created, and each
+instance's cloud-config user data applied as cloud-init's ``write_files`` would at boot.
+
+Either way the cluster has a customer-managed KMS key (alias ``alias/herd/<cluster>``) that the
+agents write their tokens and etcd CA with (``kms.key_id``), and the herd-agent ServiceAccount's
+token is stored under it (:func:`publish_agent_token`), as docs/security.md tells an operator to.
+
 Monitors feed the :class:`~herd_sandbox.scenario.timeline.Timeline`: Auto Scaling state
 changes and lifecycle actions (:class:`AwsMonitor`), Node changes and the agent's Kubernetes
 Events (:class:`KubeMonitor`), and every PodDisruptionBudget's healthy count at every Pod change
@@ -47,13 +59,70 @@ IAM policy (``ServiceAccountToken``, enforced in the sandbox) lets workers read.
 WORKER_KUBE_CA = "/etc/herd-agent/pki/kube-ca.crt"
 
 
-def agent_config(etcd_mode: str, worker: bool, kube_server: str | None = None, cluster: str = "") -> str:
+def create_cluster_key(region: Any, cluster: str) -> str:
+    """CreateKey (symmetric, default key policy: IAM policies decide) + CreateAlias
+    ``alias/herd/<cluster>``, as an operator would for a cluster; returns the key ARN."""
+    from herd_sandbox.aws.iam import cluster_key_alias
+
+    kms = region.client("kms")
+    arn = str(kms.create_key(Description=f"herd-agent cluster {cluster}")["KeyMetadata"]["Arn"])
+    kms.create_alias(AliasName=cluster_key_alias(cluster), TargetKeyId=arn)
+    return arn
+
+
+def publish_agent_token(kube: Any, ssm: Any, cluster: str, kms_key_id: str | None = None) -> str:
+    """Apply ``packaging/rbac/herd-agent.yaml`` (objects not there yet) and store the herd-agent
+    ServiceAccount's token as the SSM SecureString :data:`AGENT_TOKEN_PARAMETER` (under
+    ``kms_key_id`` when given, else the AWS-managed key), as docs/security.md tells an operator to;
+    returns the parameter name. The one owner of this set-up: scenarios and tests/clusters.py.
+
+    Raises:
+        FileNotFoundError: this checkout has no packaging/rbac/herd-agent.yaml.
+    """
+    import yaml
+
+    for doc in yaml.safe_load_all(RBAC_FILE.read_text()):
+        meta = doc["metadata"]
+        if kube.find(doc["kind"], meta["name"], namespace=meta.get("namespace")) is None:
+            kube.create(doc)
+    kube.service_account_kubeconfig("kube-system", "herd-agent", rbac=True)
+    token = kube.identity("system:serviceaccount:kube-system:herd-agent").token
+    name = AGENT_TOKEN_PARAMETER.format(cluster=cluster)
+    ssm.put_parameter(Name=name, Value=token, Type="SecureString", Overwrite=True,
+                      **({"KeyId": kms_key_id} if kms_key_id else {}))
+    return name
+
+
+def cloud_init_write_files(user_data: bytes | None) -> list[tuple[str, str, int]]:
+    """The files cloud-init's ``write_files`` module writes for this user data: ``(path, content,
+    mode)``; [] when it is not ``#cloud-config``. Fields modelled (cloud-init docs, "Write
+    Files"): ``path``, ``content``, ``permissions`` (octal string, default 0644).
+
+    Raises:
+        ValueError: an entry uses ``encoding``, ``append``, ``owner`` or ``defer`` (not modelled).
+    """
+    import yaml
+
+    if not user_data or not user_data.startswith(b"#cloud-config"):
+        return []
+    out = []
+    for entry in (yaml.safe_load(user_data) or {}).get("write_files") or []:
+        extra = set(entry) - {"path", "content", "permissions"}
+        if extra:
+            raise ValueError(f"write_files entry {entry.get('path')}: {sorted(extra)} not modelled by the sandbox")
+        out.append((str(entry["path"]), str(entry.get("content", "")), int(str(entry.get("permissions", "0644")), 8)))
+    return out
+
+
+def agent_config(etcd_mode: str, worker: bool, kube_server: str | None = None, cluster: str = "",
+                 kms_key_id: str | None = None) -> str:
     """The ``/etc/herd-agent/config.yaml`` every sandbox instance gets (YAML text).
 
     Shorter retry and poll intervals than production so a run fits in minutes; the same code
     paths. Workers need a Kubernetes credential of their own to evict pods: with ``kube_server``
     the herd-agent ServiceAccount's token from SSM under the shipped RBAC, as a real worker has;
     without it (no packaging/rbac in this checkout) a copy of the emulator's admin kubeconfig.
+    ``kms_key_id``: the cluster's key the agent writes with (None when the stack's user data says it).
     """
     text = (
         "discovery:\n  attempts: 60\n  backoff_max_s: 1\n  health_timeout_s: 1\n"
@@ -63,6 +132,8 @@ def agent_config(etcd_mode: str, worker: bool, kube_server: str | None = None, c
         f"etcd:\n  mode: {etcd_mode}\n"  # external mode: TLS with client certificates, the default
         "leave:\n  deadline_s: 120\n  reserve_s: 5\n"
     )
+    if kms_key_id:
+        text += f"kms:\n  key_id: {kms_key_id}\n"
     if worker and kube_server:
         text += (f"kube:\n  token_ssm_parameter: {AGENT_TOKEN_PARAMETER.format(cluster=cluster)}\n"
                  f"  server: {kube_server}\n"
@@ -233,11 +304,14 @@ class ScenarioCluster:
         throttle_seed: seed of the region's throttling decisions (reproducible benchmarks).
         extra_config: per role, YAML written to ``/etc/herd-agent/config.d/50-extra.yaml`` of
             instances booted from then on (the dict may be changed while the cluster runs).
+        stack: a CloudFormation template (``ami/cloudformation/cluster.yaml``) whose groups
+            :meth:`create_groups` deploys instead of making its own; None: the sandbox's own.
     """
 
     def __init__(self, state_dir: Path, timeline: Timeline, tools: Tools, *, etcd_mode: str = "external",
                  name: str = "sandbox", watch: bool = True, max_parallel_boots: int = 64,
-                 throttle_seed: int | None = None, extra_config: dict[str, str] | None = None) -> None:
+                 throttle_seed: int | None = None, extra_config: dict[str, str] | None = None,
+                 stack: Path | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.timeline = timeline
         self.tools = tools
@@ -251,7 +325,10 @@ class ScenarioCluster:
         self.kube: Any = None
         self.kubectl: Kubectl | None = None
         self.machines: dict[str, Machine] = {}
-        self.groups = {CONTROL_PLANE: f"{name}-control-plane", WORKER: f"{name}-workers"}
+        self.stack = Path(stack) if stack else None
+        self.kms_key_arn: str | None = None
+        # role → group name; filled by create_groups (the monitors ignore instances until then)
+        self.groups: dict[str, str] = {}
         self._counters = {CONTROL_PLANE: 0, WORKER: 0}
         self._mu = threading.RLock()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_parallel_boots, thread_name_prefix="boot")
@@ -274,7 +351,9 @@ class ScenarioCluster:
         self.timeline.add("aws", f"region {self.region.region_name} at {self.region.endpoint_url} (moto + hooks)",
                           kind="aws")
         self.timeline.add("kube", f"Kubernetes API (emulated) at {self.kube.url}", kind="kube")
-        self.worker_kube_server = self._install_agent_rbac()
+        if self.stack is None:  # a stack brings its own key (create_groups)
+            self.kms_key_arn = create_cluster_key(self.region, self.name)
+            self.worker_kube_server = self._install_agent_rbac()
         self.kube_monitor = KubeMonitor(self)
         self.kube_monitor.start()
         self.aws_monitor = AwsMonitor(self)
@@ -282,19 +361,11 @@ class ScenarioCluster:
         return self
 
     def _install_agent_rbac(self) -> str | None:
-        """Apply packaging/rbac/herd-agent.yaml and put the ServiceAccount's token in SSM; the API
-        URL workers use, or None when this checkout has no RBAC file (workers then get the admin
-        kubeconfig)."""
-        import yaml
-
+        """:func:`publish_agent_token` under the cluster's key; the API URL workers use, or None
+        when this checkout has no RBAC file (workers then get the admin kubeconfig)."""
         if not RBAC_FILE.exists():
             return None
-        for doc in yaml.safe_load_all(RBAC_FILE.read_text()):
-            self.kube.create(doc)
-        self.kube.service_account_kubeconfig("kube-system", "herd-agent", rbac=True)
-        token = self.kube.identity("system:serviceaccount:kube-system:herd-agent").token
-        self.region.client("ssm").put_parameter(Name=AGENT_TOKEN_PARAMETER.format(cluster=self.name), Value=token,
-                                                Type="SecureString", Overwrite=True)
+        publish_agent_token(self.kube, self.region.client("ssm"), self.name, self.kms_key_arn)
         self.timeline.add("kube", "workers use the herd-agent ServiceAccount (packaging/rbac) with its token in SSM",
                           kind="kube")
         return str(self.kube.url)
@@ -329,25 +400,44 @@ class ScenarioCluster:
 
     # -- groups ---------------------------------------------------------------------------------
     def create_groups(self, control_planes: int, workers: int) -> None:
-        """Create the launch template and both groups (each with a launch and a terminate hook).
+        """Create the launch template and both groups (each with a launch and a terminate hook),
+        or deploy :attr:`stack` with these sizes.
 
         The groups launch their instances at once; the AWS monitor boots them as they appear. A
         group of size 0 is created too (it can be scaled out later).
         """
         from herd_sandbox.aws.region import Hook
 
+        if self.stack is not None:
+            self._deploy_stack(control_planes, workers)
+            return
+        groups = {CONTROL_PLANE: f"{self.name}-control-plane", WORKER: f"{self.name}-workers"}
         template = f"{self.name}-lt"
         self.region.create_launch_template(template)
         hooks = [Hook(LAUNCH_HOOK, "launching", heartbeat_timeout=600, default_result="ABANDON"),
                  Hook(TERMINATE_HOOK, "terminating", heartbeat_timeout=300, default_result="CONTINUE")]
         for role, size in ((CONTROL_PLANE, control_planes), (WORKER, workers)):
-            self.region.create_group(self.groups[role], template, desired=size, min_size=0, max_size=size + 10,
+            self.region.create_group(groups[role], template, desired=size, min_size=0, max_size=size + 10,
                                      hooks=hooks, tags={"herd:cluster": self.name, "herd:role": role})
-            self.timeline.add("aws", f"group {self.groups[role]} created: desired {size}", kind="aws")
+            self.timeline.add("aws", f"group {groups[role]} created: desired {size}", kind="aws")
+        self.groups = groups
+
+    def _deploy_stack(self, control_planes: int, workers: int) -> None:
+        """CreateStack of :attr:`stack` (the hooks' timeouts those of the sandbox's own groups), then
+        the operator's step after it: the ServiceAccount token under the stack's key. Instances
+        boot once that is done (the monitors learn the groups last)."""
+        outputs = deploy_stack(self.region, self.stack, self.name, control_planes=control_planes, workers=workers,
+                               launch_timeout=600, terminate_timeout=300)
+        self.kms_key_arn = outputs["KmsKeyArn"]
+        self.timeline.add("aws", f"stack {self.name}-stack ({self.stack.name}) created: groups "
+                          f"{outputs['ControlPlaneGroupName']} ({control_planes}), {outputs['WorkerGroupName']} "
+                          f"({workers}), key {self.kms_key_arn}", kind="aws")
+        self.worker_kube_server = self._install_agent_rbac()
+        self.groups = {CONTROL_PLANE: outputs["ControlPlaneGroupName"], WORKER: outputs["WorkerGroupName"]}
 
     def group_of(self, instance_id: str) -> str | None:
         """The role whose group holds ``instance_id`` now, or None."""
-        for role, group in self.groups.items():
+        for role, group in list(self.groups.items()):
             if instance_id in self.region.group_instances(group):
                 return role
         return None
@@ -357,7 +447,8 @@ class ScenarioCluster:
         roles = [role] if role else [CONTROL_PLANE, WORKER]
         out: list[str] = []
         for r in roles:
-            out += self.region.group_instances(self.groups[r], frozenset({"InService"}))
+            if r in self.groups:
+                out += self.region.group_instances(self.groups[r], frozenset({"InService"}))
         return out
 
     def running(self, role: str | None = None) -> list[Machine]:
@@ -404,7 +495,10 @@ class ScenarioCluster:
             m.inst.root.write(WORKER_KUBE_CA, Path(self.kube.ca_path).read_text(), mode=0o644)
         elif worker:
             m.inst.root.write(WORKER_KUBECONFIG, Path(self.kube.admin_kubeconfig).read_text(), mode=0o600)
-        m.inst.write_config(agent_config(self.etcd_mode, worker, server, cluster=self.name))
+        m.inst.write_config(agent_config(self.etcd_mode, worker, server, cluster=self.name,
+                                         kms_key_id=None if self.stack else self.kms_key_arn))
+        for path, content, mode in cloud_init_write_files(self.region.user_data(m.instance_id)):
+            m.inst.root.write(path, content, mode=mode)  # cloud-init's write_files, before the agent's units
         if self.extra_config.get(m.role):
             m.inst.write_config(self.extra_config[m.role], name="50-extra.yaml")
         m.booted_at = self.timeline.now()
@@ -522,6 +616,39 @@ class ScenarioCluster:
         return found
 
 
+def deploy_stack(region: Any, template: Path, cluster: str, *, control_planes: int, workers: int,
+                 launch_timeout: int = 900, terminate_timeout: int = 900,
+                 kms_key_arn: str = "") -> dict[str, str]:
+    """CreateStack ``<cluster>-stack`` from ``template`` (the example stack's parameters) with the
+    operator's credentials, in the region's first subnet and security group; returns its Outputs.
+
+    Args:
+        control_planes, workers: ControlPlaneCount and WorkerDesired (WorkerMin 0, WorkerMax +10).
+        launch_timeout, terminate_timeout: the hooks' HeartbeatTimeout, AWS seconds.
+        kms_key_arn: an existing key for the stack to take; "" makes the stack create one.
+
+    Raises:
+        RuntimeError: the stack did not reach CREATE_COMPLETE (its status reason says why).
+    """
+    from herd_sandbox.aws.iam import agent_token_name
+
+    ec2, cfn = region.client("ec2"), region.client("cloudformation")
+    subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
+    sg = ec2.describe_security_groups()["SecurityGroups"][0]["GroupId"]
+    params = {"ClusterName": cluster, "ImageId": "ami-12345678", "SubnetIds": subnet, "SecurityGroupIds": sg,
+              "ControlPlaneCount": str(control_planes), "WorkerMin": "0", "WorkerMax": str(workers + 10),
+              "WorkerDesired": str(workers), "AgentTokenParameter": agent_token_name(cluster),
+              "KmsKeyArn": kms_key_arn, "LaunchHeartbeatTimeout": str(launch_timeout),
+              "TerminateHeartbeatTimeout": str(terminate_timeout)}
+    name = f"{cluster}-stack"
+    cfn.create_stack(StackName=name, TemplateBody=Path(template).read_text(), Capabilities=["CAPABILITY_IAM"],
+                     Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()])
+    stack = cfn.describe_stacks(StackName=name)["Stacks"][0]
+    if stack["StackStatus"] != "CREATE_COMPLETE":
+        raise RuntimeError(f"stack {name}: {stack['StackStatus']} {stack.get('StackStatusReason', '')}")
+    return {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+
+
 class AwsMonitor:
     """Follows the region: boots launched instances, powers off terminated ones, and writes the
     Auto Scaling side of the timeline (lifecycle states, how each lifecycle action ended).
@@ -552,7 +679,7 @@ class AwsMonitor:
         region = self.c.region
         with region.cond:
             roles = {}
-            for role, group in self.c.groups.items():
+            for role, group in list(self.c.groups.items()):
                 for iid in region.group_instances(group):
                     roles[iid] = role
             states = {i.instance_id: region.lifecycle_state(i.instance_id) for i in region.instances()}
@@ -578,6 +705,8 @@ class AwsMonitor:
         c = self.c
         for iid, role in roles.items():
             self.roles.setdefault(iid, role)
+            if iid not in c.machines and states.get(iid) not in ("Terminated", None):
+                c.boot(iid, role)  # its group became known after it launched (a stack's)
         for iid, state in states.items():
             if state == self.states.get(iid):
                 continue

@@ -128,7 +128,7 @@ def run_scenario(scenario: Scenario, *, state_dir: Path | None = None, out: Text
     (state_dir / "timeline.log").unlink(missing_ok=True)
     timeline = Timeline(out=out, log_file=state_dir / "timeline.log")
     cluster = ScenarioCluster(state_dir, timeline, tools, etcd_mode=scenario.etcd_mode,
-                              name=f"sbx{os.getpid() % 100000}", watch=watch)
+                              name=f"sbx{os.getpid() % 100000}", watch=watch, stack=scenario.stack)
     ctx = Context(cluster)
     started = time.monotonic()
     failed_step: str | None = None

@@ -7,6 +7,10 @@
 - ``embedded``: ``lifecycle`` with k3s' embedded etcd.
 
 Each has a shortened variant (``short=True``) with fewer instances, which the test suite runs.
+``lifecycle`` and ``embedded`` also run on the groups of a CloudFormation stack (``stack=``, the
+example ``ami/cloudformation/cluster.yaml``): it is deployed into the region by the found step,
+and the stack variant adds the check that every instance call was decided by its stack role's
+policy and none refused. The stack allows 1, 3 or 5 control planes, so its short variant founds 3.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from herd_sandbox.scenario import checks
@@ -84,6 +89,7 @@ class Scenario:
         steps: in order.
         extra_checks: scenario-specific checks after the common ones.
         short: this is the suite's shortened variant.
+        stack: the CloudFormation template whose groups it runs on (None: the sandbox's own groups).
     """
 
     name: str
@@ -92,6 +98,7 @@ class Scenario:
     steps: tuple[Step, ...]
     extra_checks: tuple[Callable[[ScenarioCluster], checks.Check], ...] = ()
     short: bool = False
+    stack: Path | None = None
 
 
 # --- waiting for the cluster to settle ---------------------------------------------------------------
@@ -306,18 +313,21 @@ FINAL = Step("kubectl get nodes", final_state)
 
 # --- the scenarios ------------------------------------------------------------------------------------
 
-def lifecycle(short: bool = False, etcd_mode: str = "external") -> Scenario:
-    """The whole lifecycle: found, workload, scale in/out, replace control planes, spot."""
+def lifecycle(short: bool = False, etcd_mode: str = "external", stack: Path | None = None) -> Scenario:
+    """The whole lifecycle: found, workload, scale in/out, replace control planes, spot; on the
+    groups of ``stack`` when given."""
     name = "lifecycle" if etcd_mode == "external" else "embedded"
     if short:
-        steps = (found(2, 2), deploy_workload(2, 1), scale_workers(-1), scale_workers(+1),
+        steps = (found(3 if stack else 2, 2), deploy_workload(2, 1), scale_workers(-1), scale_workers(+1),
                  replace_control_planes(count=1), spot_interrupt_worker(), FINAL)
     else:
         steps = (found(3, 3), deploy_workload(3, 2), scale_workers(-1), scale_workers(+2),
                  replace_control_planes(), spot_interrupt_worker(), FINAL)
     mode = "k3s embedded etcd" if etcd_mode == "embedded" else "external etcd"
-    return Scenario(name, f"found, workload + PDB, scale in/out, replace control planes, spot ({mode})",
-                    etcd_mode, steps, short=short)
+    on = f"; groups of the stack {stack}" if stack else ""
+    return Scenario(name, f"found, workload + PDB, scale in/out, replace control planes, spot ({mode}{on})",
+                    etcd_mode, steps, extra_checks=(checks.iam_enforced,) if stack else (), short=short,
+                    stack=Path(stack) if stack else None)
 
 
 def founding_race(short: bool = False) -> Scenario:
@@ -326,6 +336,9 @@ def founding_race(short: bool = False) -> Scenario:
     return Scenario("founding-race", f"{n} control planes boot at once: one founder, one cluster", "external",
                     (found(n, 0), FINAL), extra_checks=(checks.one_founder,), short=short)
 
+
+STACK_SCENARIOS = {"lifecycle": "external", "embedded": "embedded"}
+"""The scenarios that run on a stack's groups (``--stack``) → their etcd mode."""
 
 SCENARIOS: dict[str, Callable[[bool], Scenario]] = {
     "lifecycle": lambda short: lifecycle(short, "external"),
@@ -343,6 +356,16 @@ def _leader_module() -> Any:
     return leader
 
 
-def get(name: str, short: bool = False) -> Scenario:
-    """The scenario called ``name``. Raises KeyError for an unknown name."""
-    return SCENARIOS[name](short)
+def get(name: str, short: bool = False, stack: Path | None = None) -> Scenario:
+    """The scenario called ``name`` (on the groups of the CloudFormation template ``stack`` when given).
+
+    Raises:
+        KeyError: an unknown name.
+        ValueError: ``stack`` given for a scenario that does not run on a stack (see :data:`STACK_SCENARIOS`).
+    """
+    if stack is None:
+        return SCENARIOS[name](short)
+    if name not in STACK_SCENARIOS:
+        raise ValueError(f"scenario {name} does not run on a stack; --stack works with "
+                         f"{', '.join(sorted(STACK_SCENARIOS))}")
+    return lifecycle(short, STACK_SCENARIOS[name], stack)

@@ -32,7 +32,7 @@ from tests.units.test_units import EXPOSURE
 pytestmark = pytest.mark.allow_subprocess
 
 UNITS = sorted(p.name for p in (REPO / "units").glob("*.service"))
-FIGURES: dict[str, object] = {}  # what this module measured; printed at the end (docs/benchmarks.md)
+FIGURES: dict[str, object] = {}  # what this module measured; printed at the end, read by bench/ship.py
 
 
 def chroot(root: Path, *argv: str, check: bool = True):
@@ -222,6 +222,40 @@ def test_restart_does_not_leave(booted) -> None:
     assert not node["spec"].get("unschedulable")
     assert not (booted["root"] / "var/lib/herd-agent/leave.json").exists()
     assert booted["region"].lifecycle_state(iid) == "InService"
+
+
+def test_leader_unit_skipped_on_a_worker_then_ready_under_real_systemd(booted, toolchain) -> None:
+    """herd-agent-leader.service: on this worker real systemd skipped it at boot (its condition,
+    k3s' admin kubeconfig, which only servers have); given that file and helm (what a control plane
+    of the AMI has), ``systemctl start`` returns once the leader sent READY=1 (Type=notify), it
+    takes the Lease in the API, feeds the watchdog, and a stop releases the Lease."""
+    m, root, kube = booted["machine"], booted["root"], booted["kube"]
+    props = m.show("herd-agent-leader.service", "ActiveState", "ConditionResult", "UnitFileState")
+    assert props == {"ActiveState": "inactive", "ConditionResult": "no", "UnitFileState": "enabled"}, props
+    k3s_yaml = root / "etc/rancher/k3s/k3s.yaml"
+    k3s_yaml.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(kube.admin_kubeconfig, k3s_yaml)
+    k3s_yaml.chmod(0o600)
+    shutil.copy(toolchain.bindir / "helm", root / "usr/local/bin/helm")  # the AMI's install-helm.sh puts it there
+    try:
+        m.run("systemctl", "start", "herd-agent-leader.service", timeout=120)  # returns after READY=1
+        props = m.show("herd-agent-leader.service", "Type", "ActiveState", "SubState", "NRestarts", "WatchdogUSec",
+                       "WatchdogTimestampMonotonic")
+        assert (props["Type"], props["ActiveState"], props["SubState"], props["NRestarts"], props["WatchdogUSec"]) \
+            == ("notify", "active", "running", "0", "1min"), (props, m.journal("-u", "herd-agent-leader.service"))
+        lease = wait_for(lambda: (kube.find("Lease", "herd-agent-leader", namespace="kube-system",
+                                            api_version="coordination.k8s.io/v1") or {}).get("spec", {})
+                         .get("holderIdentity"), 60, "the leader to hold the Lease")
+        assert lease
+        first = int(props["WatchdogTimestampMonotonic"])
+        wait_for(lambda: int(m.show("herd-agent-leader.service", "WatchdogTimestampMonotonic")
+                             ["WatchdogTimestampMonotonic"]) > first, 75, "a WATCHDOG=1 keep-alive")
+        m.run("systemctl", "stop", "herd-agent-leader.service", timeout=90)
+        after = kube.find("Lease", "herd-agent-leader", namespace="kube-system", api_version="coordination.k8s.io/v1")
+        assert not after["spec"].get("holderIdentity"), after  # released on SIGTERM
+        assert m.show("herd-agent-leader.service", "Result")["Result"] == "success"
+    finally:
+        k3s_yaml.unlink(missing_ok=True)
 
 
 def test_poweroff_leaves_before_the_machine_stops(booted) -> None:

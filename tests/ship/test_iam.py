@@ -19,6 +19,7 @@ from tests.ship.conftest import REPO
 
 POLICIES = {"control-plane": REPO / "ami/iam/control-plane.json", "node": REPO / "ami/iam/worker.json"}
 EXAMPLE = {"Region": "eu-west-1", "AccountId": "123456789012", "ClusterName": "prod"}
+EXAMPLE_KEY = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 
 
 def agent_token_parameter(cluster: str) -> str:
@@ -26,10 +27,10 @@ def agent_token_parameter(cluster: str) -> str:
     return iam.agent_token_name(cluster)
 
 
-def rendered(role: str, region: str, account: str, cluster: str) -> dict:
-    values = {"AWS::Region": region, "AWS::AccountId": account, "ClusterName": cluster,
-              "AgentToken": agent_token_parameter(cluster)}
-    return json.loads(iam.render(POLICIES[role].read_text(), values))
+def rendered(role: str, region: str, account: str, cluster: str, kms_key_arn: str = EXAMPLE_KEY) -> dict:
+    doc = iam.shipped_policy(role, region=region, account=account, cluster=cluster, kms_key_arn=kms_key_arn)
+    assert doc is not None
+    return doc
 
 
 # --- lint and the evaluator ------------------------------------------------------------------------
@@ -85,6 +86,52 @@ def test_evaluator_rules() -> None:
     assert req.resources == ("arn:aws:ssm:eu-west-1:1:parameter/herd/prod/founder",)
 
 
+def test_kms_through_the_services() -> None:
+    """The KMS operation SSM / Secrets Manager make for the caller, and the roles' statements on it."""
+    cp, worker = (rendered(r, "eu-west-1", "123456789012", "prod") for r in ("control-plane", "node"))
+    keys = {EXAMPLE_KEY: (EXAMPLE_KEY, False), "alias/herd/prod": (EXAMPLE_KEY, False),
+            "alias/aws/ssm": ("arn:aws:kms:eu-west-1:123456789012:key/managed", True)}
+
+    def kms(service: str, action: str, params: dict, stored: list | None = None) -> iam.AuthzRequest | None:
+        return iam.kms_request_of(service, action, params, region="eu-west-1", account="123456789012",
+                                  stored_keys=lambda: stored or [], key_arn=keys.get)
+
+    put = kms("ssm", "PutParameter", {"Name": "/herd/prod/token", "Type": "SecureString", "KeyId": "alias/herd/prod"})
+    assert put is not None and put.action == "kms:Encrypt" and put.resources == (EXAMPLE_KEY,)
+    assert put.context["kms:ViaService"] == "ssm.eu-west-1.amazonaws.com"
+    assert iam.evaluate([cp], put).allowed and not iam.evaluate([worker], put).allowed
+    # the AWS-managed key (no KeyId) needs no identity permission; a plain String no KMS at all
+    assert kms("ssm", "PutParameter", {"Name": "/x", "Type": "SecureString"}) is None
+    assert kms("ssm", "PutParameter", {"Name": "/x", "Type": "String", "KeyId": EXAMPLE_KEY}) is None
+    get = kms("ssm", "GetParameter", {"Name": "/x", "WithDecryption": True}, [EXAMPLE_KEY])
+    assert get is not None and get.action == "kms:Decrypt" and iam.evaluate([worker], get).allowed
+    assert kms("ssm", "GetParameter", {"Name": "/x"}, [EXAMPLE_KEY]) is None  # no decryption asked
+    secret = kms("secretsmanager", "CreateSecret", {"Name": "/herd/prod/etcd-ca", "SecretString": "{}",
+                                                    "KmsKeyId": EXAMPLE_KEY})
+    assert secret is not None and secret.action == "kms:GenerateDataKey" and iam.evaluate([cp], secret).allowed
+    assert secret.context["kms:ViaService"] == "secretsmanager.eu-west-1.amazonaws.com"
+    assert kms("secretsmanager", "PutSecretValue", {"SecretId": "s"}, [EXAMPLE_KEY]).action == "kms:GenerateDataKey"
+    # kms:ViaService scopes it: the same key used directly (no service in between) is refused
+    direct = iam.AuthzRequest("kms:Decrypt", (EXAMPLE_KEY,), {"kms:CallerAccount": "123456789012"})
+    assert not iam.evaluate([cp], direct).allowed and not iam.evaluate([worker], direct).allowed
+    other = iam.AuthzRequest("kms:Decrypt", ("arn:aws:kms:eu-west-1:123456789012:key/other",), get.context)
+    assert not iam.evaluate([worker], other).allowed
+    # a key that does not exist: the call fails whoever makes it
+    missing = kms("ssm", "PutParameter", {"Name": "/x", "Type": "SecureString", "KeyId": "alias/nope"})
+    assert missing is not None and not iam.evaluate([cp], missing).allowed
+
+
+def test_a_cluster_on_the_aws_managed_keys_gets_no_kms_statement() -> None:
+    doc = iam.shipped_policy("control-plane", region="eu-west-1", account="1", cluster="prod")
+    assert doc is not None and not {s["Sid"] for s in doc["Statement"]} & iam.KMS_STATEMENTS
+    for role in POLICIES:  # and where there is one, it is scoped to the key and to the two services
+        [stmt] = [s for s in rendered(role, "eu-west-1", "123456789012", "prod")["Statement"]
+                  if s["Sid"] in iam.KMS_STATEMENTS]
+        assert stmt["Resource"] == EXAMPLE_KEY
+        assert stmt["Condition"] == {"StringEquals": {"kms:ViaService": [
+            "ssm.eu-west-1.amazonaws.com", "secretsmanager.eu-west-1.amazonaws.com"]}}
+
+
 # --- enforcement in the sandbox ---------------------------------------------------------------------
 SCENARIO_CONFIG = ("leave:\n  heartbeat_interval_s: 0.3\n  reserve_s: 5\n  stop_k3s: stop\n")
 SECRETS_CONFIG = "token:\n  source: secretsmanager\n"
@@ -98,7 +145,7 @@ def join_and_leave(region: Region, kube: KubeSandbox, workdir: Path, toolchain, 
     try:
         docs = {}
         for role in ("control-plane", "node"):
-            doc = rendered(role, region.region_name, region.account_id, cluster.name)
+            doc = rendered(role, region.region_name, region.account_id, cluster.name, cluster.kms_key_arn)
             if drop and drop[0] == role:
                 doc = copy.deepcopy(doc)
                 doc["Statement"] = [s for s in doc["Statement"] if s["Sid"] != drop[1]]
@@ -148,6 +195,10 @@ def test_join_and_leave_under_enforced_policies(region: Region, kube_iam: KubeSa
                                                 config: str) -> None:
     out = join_and_leave(region, kube_iam, tmp_path, toolchain, config=config)
     assert out["ok"] and out["checked"], {k: v for k, v in out.items() if k not in ("cp_err", "worker_err")}
+    if config == SECRETS_CONFIG:  # an existing secret is named by its real ARN (random 6-character suffix)
+        reads = [r for _, req, _ in region.iam_decisions if req.action == "secretsmanager:GetSecretValue"
+                 for r in req.resources]
+        assert reads and any(not r.endswith("-??????") for r in reads), reads
 
 
 STATEMENTS = [(role, s["Sid"]) for role in sorted(POLICIES)

@@ -88,6 +88,35 @@ def test_lifecycle_short(tmp_path: Path, toolchain) -> None:
     assert leftovers(result.state_dir) == []
 
 
+STACK = Path(__file__).resolve().parents[3] / "ami" / "cloudformation" / "cluster.yaml"
+
+
+def test_lifecycle_short_on_the_stack(tmp_path: Path, toolchain) -> None:
+    """The example stack deployed into the region; the lifecycle on the groups, launch templates,
+    hooks, KMS key and instance roles it made, every instance call decided by its role's policy."""
+    result = run_scenario(scenarios.get("lifecycle", short=True, stack=STACK), state_dir=tmp_path / "run", out=None,
+                          tools=Tools(toolchain.etcd, toolchain.kubectl))
+    failed = [f"{c.name}: {c.detail}" for c in result.checks if not c.ok]
+    assert result.ok, f"{result.failed_step}; {failed}; logs in {result.state_dir}"
+    assert {c.name for c in result.checks} == COMMON_CHECKS | {"every instance call checked by IAM, none refused"}
+    texts = [e["text"] for e in result.timeline]
+    assert any(t.startswith("stack ") and " created: groups " in t for t in texts)
+    iam_check = next(c for c in result.checks if c.name.startswith("every instance call checked")).data
+    # the tokens were written and read under the stack's customer-managed key, through the services
+    assert {"kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey"} <= set(iam_check["kms_actions"])
+    leaves = next(c for c in result.checks if c.name == "every leave finished every step").data
+    assert sorted(v["reason"] for v in leaves.values()) == ["asg-terminate", "asg-terminate", "spot-terminate"]
+    for m in result.machines.values():  # cloud-init's write_files put the stack's settings in place
+        assert (Path(m["dir"]) / "root/etc/herd-agent/config.d/10-stack.yaml").exists()
+    assert leftovers(result.state_dir) == []
+
+
+def test_stack_only_with_the_lifecycle_scenarios(tmp_path: Path, toolchain) -> None:
+    proc = sandbox_run("founding-race", "--stack", str(STACK), toolchain=toolchain)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "does not run on a stack" in out, out
+
+
 def test_embedded_short(tmp_path: Path, toolchain) -> None:
     result = run_scenario(scenarios.get("embedded", short=True), state_dir=tmp_path / "run", out=None,
                           tools=Tools(toolchain.etcd, toolchain.kubectl))
