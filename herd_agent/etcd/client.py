@@ -317,6 +317,35 @@ class EtcdClient:
         cluster_id = int((data.get("header") or {}).get("cluster_id", 0))
         return cluster_id, [Member.from_json(m) for m in data.get("members") or ()]
 
+    def sync_endpoints(self, exclude: Sequence[str] = ()) -> list[str]:
+        """Add the client URLs of the cluster's started voters to :attr:`endpoints` (clientv3's
+        ``Client.Sync``: endpoints from ``MemberList``), keeping the current ones first.
+
+        A join that reached the cluster through one control plane keeps working when that one
+        leaves mid-join (its etcd stops): the lock's lease keep-alive and the membership calls
+        move on to the other voters. The list comes from the cluster we already verified (the
+        TLS client certificate and the cluster CA stay the same for every endpoint).
+
+        Args:
+            exclude: client URLs never to add (our own member's, which is not serving yet).
+        Returns:
+            The endpoints after the sync.
+        Raises:
+            EtcdError: the member list could not be read.
+        """
+        _, members = self.member_list()
+        skip = {e.rstrip("/") for e in exclude}
+        known = list(self.endpoints)
+        for m in members:
+            if not m.started or m.is_learner:
+                continue
+            for url in m.client_urls:
+                url = url.rstrip("/")
+                if url not in known and url not in skip:
+                    known.append(url)
+        self.endpoints = known
+        return known
+
     def member_add(self, peer_urls: Sequence[str], *, learner: bool = True,
                    retry_s: float | None = None) -> tuple[Member, list[Member]]:
         """``Cluster.MemberAdd``: add a member (a learner by default).

@@ -75,6 +75,7 @@ def join(me: LocalMember, peers: Sequence[str], oracle: InstanceOracle | None = 
     settings = me.settings
     renewed = me.ensure_certificates()  # our client certificate is what lets us talk to the cluster
     client = me.client([p for p in peers if p != me.client_url] or peers)
+    client.sync_endpoints(exclude=[me.client_url])  # the peer we came through may leave meanwhile
     with me.lock(client) as lock:
         cluster_id, members = client.member_list()
         journal = read_journal(me.root, settings.data_dir)

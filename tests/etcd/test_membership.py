@@ -77,6 +77,35 @@ def test_two_members_join_at_once(lab):
     assert any("is held by" in r.getMessage() for r in _records)
 
 
+def test_a_join_goes_on_when_the_peer_it_came_through_leaves(lab):
+    """The replacement reached the cluster through one control plane, which leaves while the joiner
+    waits for the membership lock (seen in the lifecycle scenario: the leaving control plane held
+    the lock, then its etcd stopped). The join goes on through the other voters."""
+    a, b, c = lab.three()
+    d = lab.launch()
+    other = lab.client(exclude=a)
+    held = b.membership.lock(other).acquire()  # a's leave in progress: it holds the lock
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            d.membership.join([a.client_url], oracle=lab.oracle())
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    joiner = threading.Thread(target=run)
+    joiner.start()
+    wait_for(lambda: any("is held by" in r.getMessage() for r in _records), what="the joiner waits for the lock")
+    [gone] = [m for m in other.member_list()[1] if m.name == a.name]
+    other.member_remove(gone.id)  # a's leave: member removed, then its etcd stops
+    lab.kill9(a)
+    a.alive = False
+    held.release()
+    joiner.join(timeout=120)
+    assert not errors, errors
+    wait_for(lambda: healthy_voters_equal(lab, [b, c, d]), what="b, c and the replacement are the voters")
+
+
 def test_restart_with_intact_data_dir_keeps_member(lab):
     a, b, c = lab.three()
     before = {m.name: m.id for m in lab.members()}
