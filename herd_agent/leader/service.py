@@ -4,7 +4,8 @@ Life of the process (``herd-agent-leader.service``, Type=notify, watchdog):
 
 1. Load the config and the release set (a bad one is a config error, exit 78, before any write);
    ask helm its version; ``READY=1``.
-2. Candidate: :meth:`LeaderElector.acquire` every jittered RetryPeriod.
+2. Candidate: :meth:`LeaderElector.acquire`: a watch on the Lease, a try when the observed record
+   expires on our clock (every jittered RetryPeriod while the watch is down).
 3. Leader: a renew thread keeps the Lease; the applier runs a pass, then waits
    ``leader.resync_interval_s`` or until a config file changes, and runs the next.
 4. Lost (RenewDeadline passed without a renew): the fence already refuses every write; any helm
