@@ -234,6 +234,15 @@ def bootstrap(timeout: float = 240) -> Step:
         rv = lambda o: int(o["metadata"]["resourceVersion"])  # noqa: E731
         if not rv(crd) < rv(op) or not rv(op_dep) < rv(shop):
             raise StepFailed("a release was written before what it needs existed")
+        # shop needs the operator's webhook and aggregated API: both ready (the emulator's endpoints
+        # and APIService-availability controllers) before shop's first record was written
+        api = c.kube.get("APIService", "v1alpha1.status.example.io")
+        hook = c.kube.get("Endpoints", "widget-operator-webhook", "platform")
+        available = [x for x in (api.get("status") or {}).get("conditions") or [] if x["type"] == "Available"]
+        if not available or available[0]["status"] != "True" or not rv(api) < rv(shop):
+            raise StepFailed(f"shop was written before APIService {api['metadata']['name']} was Available")
+        if not any(sub.get("addresses") for sub in hook.get("subsets") or []) or not rv(hook) < rv(shop):
+            raise StepFailed("shop was written before the operator's webhook had a ready endpoint")
         ctx.say(f"5 releases deployed in needs order and the root Application applied in "
                 f"{time.monotonic() - started:.1f} s")
 
