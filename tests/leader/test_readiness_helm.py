@@ -5,16 +5,21 @@ APIService-availability controllers decide when they are ready, and the readines
 
 from __future__ import annotations
 
+import json
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from herd_agent.leader.apply import Applier
 from herd_agent.leader.readiness import kube_lookup, object_ready, release_ready
+from herd_agent.leader.releases import parse
 
-from .conftest import CHARTS, lease_client
+from .conftest import CHARTS, lease_client, make_leader, spec
+from .test_apply_helm import _no_secrets, release_secrets
 
 pytestmark = pytest.mark.allow_subprocess
 
@@ -90,3 +95,44 @@ def test_webhook_and_apiservice_gate_until_their_backends_are_ready(kube_sandbox
     ep = kube_sandbox.get("Endpoints", "widget-operator-webhook", "platform")
     assert ep["subsets"][0]["ports"] == [{"name": "https", "port": 9443, "protocol": "TCP"}]
     assert await_(lambda: release_ready(manifest, lookup, "platform")[0], "the whole release ready")
+
+
+def _state(kube_sandbox: Any, release: str) -> dict[str, Any]:
+    cm = kube_sandbox.find("ConfigMap", "herd-agent-leader-status", "kube-system") or {}
+    return json.loads((cm.get("data") or {}).get(release, "{}"))
+
+
+def test_the_release_that_needs_the_operator_waits_for_its_webhook_and_apiservice(
+        kube_sandbox: Any, helm_binary: Path, tmp_path: Path) -> None:
+    kube_sandbox.add_node("node-a")
+    ld = make_leader(kube_sandbox, helm_binary, tmp_path)
+    applier = Applier(ld.kube, ld.helm, ld.fence, ld.reporter, tmp_path / "values", _no_secrets, poll_s=0.1)
+    releases = spec()["releases"][:3]
+    # helm does not wait: the applier's readiness gates alone hold shop back
+    releases[1].update(wait=False, timeout=120, values=[{"nodeSelector": {"herd.io/operator": "yes"},
+                                                         "webhookNodeSelector": {"herd.io/webhook": "yes"}}])
+    outcome: list[Any] = []
+    worker = threading.Thread(target=lambda: outcome.append(applier.apply(parse({"releases": releases}))))
+    worker.start()
+    try:
+        why = await_(lambda: (s := _state(kube_sandbox, "platform.widget-operator")).get("state") == "waiting"
+                     and s["why"], "the operator waiting")
+        assert "v1alpha1.status.example.io not Available" in why
+        label(kube_sandbox, "herd.io/operator")
+        await_(lambda: "not Available" not in _state(kube_sandbox, "platform.widget-operator").get("why", "x"),
+               "the APIService Available")
+        assert "webhook widgets.example.io has no ready endpoint" in \
+            _state(kube_sandbox, "platform.widget-operator")["why"]
+        assert not release_secrets(kube_sandbox, "apps", "shop")
+        label(kube_sandbox, "herd.io/webhook")
+        worker.join(120)
+    finally:
+        label(kube_sandbox, "herd.io/operator")
+        label(kube_sandbox, "herd.io/webhook")
+        worker.join(120)
+    assert outcome and outcome[0].states["apps/shop"] == "deployed"
+    shop = release_secrets(kube_sandbox, "apps", "shop")[0]
+    api = kube_sandbox.get("APIService", "v1alpha1.status.example.io")
+    hook = kube_sandbox.get("Endpoints", "widget-operator-webhook", "platform")
+    rv = lambda o: int(o["metadata"]["resourceVersion"])  # noqa: E731
+    assert rv(api) < rv(shop) and rv(hook) < rv(shop)
