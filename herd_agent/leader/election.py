@@ -160,7 +160,9 @@ class LeaderElector:
         self._observed_time: float | None = None
         self._renewed_at: float | None = None  # monotonic time of our last successful acquire/renew
         self._epoch: Epoch | None = None
-        self.last_round: float | None = None  # monotonic start of the last acquire/renew round (watchdog)
+        # monotonic start of the last acquire/renew round, or of the candidate loop turning on a Lease
+        # event (a watching candidate may not try for as long as the leader renews): the watchdog's beat
+        self.last_round: float | None = None
         self.watch = watch
         self._wake = threading.Event()  # set by the watch on every Lease event
         self._watching = False  # the watch delivered an event since it last failed
@@ -317,6 +319,7 @@ class LeaderElector:
             delay = self.next_try_s()
             if delay <= 0 or not self._pause(stop, delay):
                 return  # the observed record expired (or the retry is due)
+            self.last_round = self.clock()  # the loop turned on a Lease event: alive for the watchdog
             with self._lock:  # woken by a Lease event: a released Lease is tried at once
                 if self._observed is not None and not self._observed.holder:
                     return

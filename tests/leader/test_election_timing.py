@@ -217,6 +217,26 @@ def test_a_release_seen_through_the_watch_is_tried_at_once() -> None:
     assert api.writes[-1] == (1000.0, "b")
 
 
+def test_a_watching_candidate_turns_its_loop_on_every_renew_for_the_watchdog() -> None:
+    clock = Clock()
+    api = FakeLeaseApi(clock)
+    api.put("a")
+    b = candidate(api, clock)
+    stop = threading.Event()
+    t = threading.Thread(target=b.acquire, args=(stop,))
+    t.start()
+    try:
+        await_(lambda: api.watches and b.last_round == 1000.0, "b's first try and its watch")
+        for step in range(5):  # a renews every 2 s: b never tries, but its loop turns on each event
+            clock.now += 2
+            api.put("a")
+            await_(lambda: b.last_round == clock.now, f"b's loop turning on renew {step}")
+    finally:
+        stop.set()
+        t.join(30)
+    assert api.writes[-1][1] == "a"
+
+
 def test_the_watch_on_the_emulated_api_observes_each_renew(kube_sandbox: Any) -> None:
     clock = Clock()
     a = LeaderElector(lease_client(kube_sandbox.admin_kubeconfig), "kube-system", "lead", "a", clock=clock)
