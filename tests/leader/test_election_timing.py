@@ -106,6 +106,14 @@ def candidate(api: FakeLeaseApi, clock: Clock) -> LeaderElector:
     return LeaderElector(api, "kube-system", "lead", "b", clock=clock, rand=lambda: 0.999)
 
 
+def held_by_a() -> tuple[Clock, FakeLeaseApi, LeaderElector]:
+    """A Lease held by ``a`` (written at 1000) and candidate ``b`` that has not looked yet."""
+    clock = Clock()
+    api = FakeLeaseApi(clock)
+    api.put("a")
+    return clock, api, candidate(api, clock)
+
+
 def run_acquire(b: LeaderElector, clock: Clock) -> list[float]:
     """``b.acquire`` with each pause taken at once on the fake clock; returns the pauses."""
     pauses: list[float] = []
@@ -121,10 +129,7 @@ def run_acquire(b: LeaderElector, clock: Clock) -> list[float]:
 
 
 def test_candidate_acquires_exactly_when_the_observed_renew_expires_never_before() -> None:
-    clock = Clock()
-    api = FakeLeaseApi(clock)
-    api.put("a")
-    b = candidate(api, clock)
+    clock, api, b = held_by_a()
     b._start_watch()
     assert not b.try_acquire_or_renew()  # observes a's record at 1000
     await_(lambda: api.watches, "b's watch")
@@ -144,10 +149,7 @@ def test_candidate_acquires_exactly_when_the_observed_renew_expires_never_before
 
 
 def test_a_broken_watch_falls_back_to_polling_every_jittered_retry() -> None:
-    clock = Clock()
-    api = FakeLeaseApi(clock)
-    api.put("a")
-    b = candidate(api, clock)
+    clock, api, b = held_by_a()
     b._start_watch()
     assert not b.try_acquire_or_renew()
     await_(lambda: api.watches, "b's watch")
@@ -179,10 +181,7 @@ def test_a_renew_seen_late_restarts_the_count_from_when_it_is_seen() -> None:
 
 
 def test_a_renew_delivered_late_by_the_watch_counts_from_its_arrival() -> None:
-    clock = Clock()
-    api = FakeLeaseApi(clock)
-    api.put("a")
-    b = candidate(api, clock)
+    clock, api, b = held_by_a()
     assert not b.try_acquire_or_renew()
     b._start_watch()
     await_(lambda: api.watches, "b's watch")
@@ -200,10 +199,7 @@ def test_a_renew_delivered_late_by_the_watch_counts_from_its_arrival() -> None:
 
 
 def test_a_release_seen_through_the_watch_is_tried_at_once() -> None:
-    clock = Clock()
-    api = FakeLeaseApi(clock)
-    api.put("a")
-    b = candidate(api, clock)
+    clock, api, b = held_by_a()
     woken = threading.Event()
     b._pause = lambda stop, seconds: (woken.set(), b._wake.wait(30))[1]  # type: ignore[method-assign]
     got: list[bool] = []
@@ -218,10 +214,7 @@ def test_a_release_seen_through_the_watch_is_tried_at_once() -> None:
 
 
 def test_a_watching_candidate_turns_its_loop_on_every_renew_for_the_watchdog() -> None:
-    clock = Clock()
-    api = FakeLeaseApi(clock)
-    api.put("a")
-    b = candidate(api, clock)
+    clock, api, b = held_by_a()
     stop = threading.Event()
     t = threading.Thread(target=b.acquire, args=(stop,))
     t.start()
