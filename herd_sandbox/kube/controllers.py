@@ -20,7 +20,8 @@ Each pass is idempotent and writes only what differs, so the loop settles:
   they lose Ready;
 - status of ReplicaSets, Deployments, DaemonSets, StatefulSets and PodDisruptionBudgets;
 - the endpoints controller (:func:`endpoint_subsets`): a ``v1 Endpoints`` per Service with a
-  selector, named like it, removed with it;
+  selector, named like it, removed with it; and the EndpointSlice controller
+  (:func:`endpoint_slices`): ``discovery.k8s.io/v1`` EndpointSlices owned by the Service;
 - kube-aggregator's availability controller (:func:`apiservice_available`): the ``Available``
   condition of every APIService (no request is proxied to the Service, so the discovery check the
   real controller also makes is taken as passed);
@@ -37,6 +38,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from herd_sandbox.kube import disruption
@@ -138,7 +140,8 @@ class World:
         for group, kind in (("", "Pod"), ("", "Node"), ("", "Namespace"), ("", "ServiceAccount"),
                             ("apps", "Deployment"), ("apps", "ReplicaSet"), ("apps", "DaemonSet"),
                             ("apps", "StatefulSet"), ("policy", "PodDisruptionBudget"), ("", "Service"),
-                            ("", "Endpoints"), ("apiregistration.k8s.io", "APIService")):
+                            ("", "Endpoints"), ("apiregistration.k8s.io", "APIService"),
+                            ("discovery.k8s.io", "EndpointSlice")):
             row = t(group, kind)
             assert row is not None
             self.t[kind] = row
@@ -502,7 +505,9 @@ class World:
             want = {"apiVersion": "v1", "kind": "Endpoints",
                     "metadata": {"name": meta["name"], "namespace": meta["namespace"],
                                  "labels": dict(meta.get("labels") or {})}}
-            subsets = endpoint_subsets(svc, self._list("Pod", meta["namespace"]))
+            pods = self._list("Pod", meta["namespace"])
+            self._slices(svc, pods)
+            subsets = endpoint_subsets(svc, pods)
             if subsets:
                 want["subsets"] = subsets
             current = self.store.find(self.t["Endpoints"], meta["namespace"], meta["name"])
@@ -517,6 +522,21 @@ class World:
                         d["subsets"] = w["subsets"]
                     return d
                 self.store.modify(self.t["Endpoints"], meta["namespace"], meta["name"], put)
+
+    def _slices(self, svc: Obj, pods: list[Obj]) -> None:
+        meta = svc["metadata"]
+        want = {s["metadata"]["name"]: s for s in endpoint_slices(svc, pods)}
+        ours = [s for s in self._list("EndpointSlice", meta["namespace"]) if controlled_by(s, svc)]
+        for current in ours:
+            if current["metadata"]["name"] not in want:
+                self._delete(self.t["EndpointSlice"], current)
+        for name, slice_ in want.items():
+            current = self.store.find(self.t["EndpointSlice"], meta["namespace"], name)
+            if current is None:
+                self._create("EndpointSlice", meta["namespace"], slice_)
+            elif any(current.get(f) != slice_.get(f) for f in ("endpoints", "ports")):
+                self.store.modify(self.t["EndpointSlice"], meta["namespace"], name,
+                                  lambda d, w=slice_: {**d, "endpoints": w["endpoints"], "ports": w["ports"]})
 
     def _apiservices(self) -> None:
         for api in self._list("APIService"):
@@ -598,6 +618,26 @@ def _target_port(svc_port: dict[str, Any], pod: Obj) -> int | None:
     return None
 
 
+def _service_pods(svc: Obj, pods: list[Obj]) -> Iterator[tuple[Obj, list[dict[str, Any]]]]:
+    """The pods a Service selects that can be endpoints (a ``podIP``, not terminal), each with the
+    Service's ports resolved on it (``name`` "" when unnamed; ports the pod lacks left out)."""
+    spec = svc.get("spec") or {}
+    selector = spec.get("selector") or {}
+    for pod in pods:
+        labels = pod["metadata"].get("labels") or {}
+        status = pod.get("status") or {}
+        if any(labels.get(k) != v for k, v in selector.items()):
+            continue
+        if not status.get("podIP") or status.get("phase") in ("Succeeded", "Failed"):
+            continue
+        ports = []
+        for sp in spec.get("ports") or []:
+            target = _target_port(sp, pod)
+            if target is not None:
+                ports.append({"name": sp.get("name", ""), "port": target, "protocol": sp.get("protocol", "TCP")})
+        yield pod, ports
+
+
 def endpoint_subsets(svc: Obj, pods: list[Obj]) -> list[dict[str, Any]]:
     """The ``subsets`` of a Service's Endpoints, as Kubernetes' endpoints controller builds them
     (``pkg/controller/endpoint``; API reference "Endpoints v1"; "Services without selectors").
@@ -614,25 +654,12 @@ def endpoint_subsets(svc: Obj, pods: list[Obj]) -> list[dict[str, Any]]:
     addresses are sorted by IP (the controller's ``RepackSubsets``).
     """
     spec = svc.get("spec") or {}
-    selector = spec.get("selector") or {}
     groups: dict[str, dict[str, Any]] = {}
-    for pod in pods:
+    for pod, resolved in _service_pods(svc, pods):
         meta, status = pod["metadata"], pod.get("status") or {}
-        labels = meta.get("labels") or {}
-        if any(labels.get(k) != v for k, v in selector.items()):
+        if meta.get("deletionTimestamp") or (spec.get("ports") and not resolved):
             continue
-        if not status.get("podIP") or status.get("phase") in ("Succeeded", "Failed") or meta.get("deletionTimestamp"):
-            continue
-        ports = []
-        for sp in spec.get("ports") or []:
-            target = _target_port(sp, pod)
-            if target is not None:
-                port = {"port": target, "protocol": sp.get("protocol", "TCP")}
-                if sp.get("name"):
-                    port["name"] = sp["name"]
-                ports.append(port)
-        if spec.get("ports") and not ports:
-            continue
+        ports = [{k: v for k, v in port.items() if k != "name" or v} for port in resolved]  # unnamed: no name
         key = json.dumps(ports, sort_keys=True)
         group = groups.setdefault(key, {"ports": ports, "addresses": [], "notReadyAddresses": []})
         address = {"ip": status["podIP"], "nodeName": (pod.get("spec") or {}).get("nodeName"),
@@ -651,6 +678,49 @@ def endpoint_subsets(svc: Obj, pods: list[Obj]) -> list[dict[str, Any]]:
             subset["ports"] = sorted(group["ports"], key=lambda p: (p.get("name", ""), p["port"]))
         subsets.append(subset)
     return subsets
+
+
+def endpoint_slices(svc: Obj, pods: list[Obj]) -> list[Obj]:
+    """The ``discovery.k8s.io/v1`` EndpointSlices of a Service with a selector, as Kubernetes'
+    EndpointSlice controller makes them (docs "EndpointSlices"; API reference "EndpointSlice v1").
+
+    One slice per set of resolved ports (at most 100 endpoints a slice is not modelled), named
+    ``<service>-<5 chars>``, labelled ``kubernetes.io/service-name`` and
+    ``endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io``, owned by the
+    Service, ``addressType: IPv4``. Each endpoint: ``addresses [podIP]``, ``conditions``
+    (``ready``: Ready and not terminating; ``serving``: Ready; ``terminating``: being deleted),
+    ``nodeName``, ``targetRef``. Pods without an IP or terminal are left out.
+    """
+    meta, spec = svc["metadata"], svc.get("spec") or {}
+    groups: dict[str, dict[str, Any]] = {}
+    for pod, ports in _service_pods(svc, pods):
+        pmeta, status = pod["metadata"], pod.get("status") or {}
+        key = json.dumps(ports, sort_keys=True)
+        ready = disruption.pod_ready(pod)
+        terminating = bool(pmeta.get("deletionTimestamp"))
+        groups.setdefault(key, {"ports": ports, "endpoints": []})["endpoints"].append({
+            "addresses": [status["podIP"]],
+            "conditions": {"ready": (ready or bool(spec.get("publishNotReadyAddresses"))) and not terminating,
+                           "serving": ready, "terminating": terminating},
+            "nodeName": (pod.get("spec") or {}).get("nodeName"),
+            "targetRef": {"kind": "Pod", "namespace": pmeta["namespace"], "name": pmeta["name"], "uid": pmeta["uid"]},
+        })
+    if not groups:  # the controller keeps one (empty) slice for a Service without endpoints
+        groups[json.dumps([])] = {"ports": [], "endpoints": []}
+    slices = []
+    for key, group in sorted(groups.items()):
+        suffix = hashlib.sha256(f"{meta.get('uid', meta['name'])}/{key}".encode()).hexdigest()[:5]
+        slices.append({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": f"{meta['name']}-{suffix}", "namespace": meta["namespace"],
+                         "labels": {**(meta.get("labels") or {}), "kubernetes.io/service-name": meta["name"],
+                                    "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+                         "ownerReferences": [owner_ref(svc)]},
+            "addressType": "IPv4",
+            "endpoints": sorted(group["endpoints"], key=lambda e: tuple(int(x) for x in e["addresses"][0].split("."))),
+            "ports": group["ports"],
+        })
+    return slices
 
 
 def apiservice_available(api: Obj, svc: Obj | None, endpoints: Obj | None) -> tuple[str, str, str]:

@@ -118,6 +118,7 @@ def _builtin() -> list[ResourceType]:
            (Subresource("token", "TokenRequest", "authentication.k8s.io", "v1", ("create",)),)),
         rt("", "v1", "Service", "services", True, ("svc",), (STATUS,), categories=("all",)),
         rt("", "v1", "Endpoints", "endpoints", True, ("ep",)),
+        rt("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", True),
         rt("", "v1", "Event", "events", True, ("ev",),
            field_selectors=("involvedObject.kind", "involvedObject.namespace", "involvedObject.name",
                             "involvedObject.uid", "involvedObject.apiVersion", "involvedObject.resourceVersion",
@@ -167,7 +168,7 @@ BUILTIN_GROUPS = frozenset(row.group for row in _builtin())
 # Groups whose preferred version discovery reports, in the order the real server lists them.
 GROUP_ORDER = ("", "apps", "events.k8s.io", "authentication.k8s.io", "authorization.k8s.io", "batch", "policy",
                "rbac.authorization.k8s.io", "admissionregistration.k8s.io", "apiextensions.k8s.io",
-               "apiregistration.k8s.io", "coordination.k8s.io")
+               "apiregistration.k8s.io", "coordination.k8s.io", "discovery.k8s.io")
 
 
 class Registry:

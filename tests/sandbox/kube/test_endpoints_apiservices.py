@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from herd_sandbox.kube.controllers import apiservice_available, endpoint_subsets
+from herd_sandbox.kube.controllers import apiservice_available, endpoint_slices, endpoint_subsets
 
 
 def pod(name: str, ip: str | None, ready: bool, labels: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
@@ -36,6 +36,18 @@ def test_ready_pods_are_addresses_not_ready_ones_not_ready_addresses() -> None:
     assert [a["ip"] for a in subsets[0]["notReadyAddresses"]] == ["10.0.0.3"]
     assert subsets[0]["addresses"][0]["targetRef"] == {"kind": "Pod", "namespace": "ns", "name": "b", "uid": "uid-b"}
     assert subsets[0]["ports"] == [{"name": "web", "port": 8080, "protocol": "TCP"}]  # named targetPort resolved
+
+
+def test_slices_mark_terminating_and_not_ready_endpoints() -> None:
+    svc = {**SVC, "apiVersion": "v1", "kind": "Service", "metadata": {**SVC["metadata"], "uid": "svc-uid"}}
+    [slice_] = endpoint_slices(svc, [pod("a", "10.0.0.1", True), pod("c", "10.0.0.3", False),
+                                     pod("gone", "10.0.0.5", True, deletionTimestamp="2026-12-02T10:00:00Z")])
+    assert [(e["addresses"], e["conditions"]) for e in slice_["endpoints"]] == [
+        (["10.0.0.1"], {"ready": True, "serving": True, "terminating": False}),
+        (["10.0.0.3"], {"ready": False, "serving": False, "terminating": False}),
+        (["10.0.0.5"], {"ready": False, "serving": True, "terminating": True}),
+    ]
+    assert slice_["metadata"]["ownerReferences"][0]["uid"] == "svc-uid"
 
 
 def test_publish_not_ready_addresses_and_no_pods() -> None:
@@ -93,5 +105,17 @@ def test_world_fills_endpoints_as_pods_come_and_removes_them_with_the_service(ku
                               if len(s.get("addresses") or []) == 2], "two ready addresses")
     pods = kube_sandbox.list("Pod", "ns")
     assert {a["ip"] for a in subsets[0]["addresses"]} == {p["status"]["podIP"] for p in pods}
+    slices = _await(lambda: [s for s in kube_sandbox.list("EndpointSlice", "ns", api_version="discovery.k8s.io/v1")
+                             if s["metadata"]["labels"].get("kubernetes.io/service-name") == "web"
+                             and len(s["endpoints"]) == 2], "the EndpointSlice with two endpoints")
+    assert len(slices) == 1 and slices[0]["addressType"] == "IPv4"
+    assert slices[0]["ports"] == [{"name": "web", "port": 8080, "protocol": "TCP"}]
+    assert all(e["conditions"] == {"ready": True, "serving": True, "terminating": False}
+               for e in slices[0]["endpoints"])
+    assert slices[0]["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] == \
+        "endpointslice-controller.k8s.io"
     kube_sandbox.delete("Service", "web", "ns")
     _await(lambda: kube_sandbox.find("Endpoints", "web", "ns") is None, "the Endpoints removed with the Service")
+    _await(lambda: not kube_sandbox.list("EndpointSlice", "ns", api_version="discovery.k8s.io/v1",
+                                         where=lambda s: s["metadata"]["labels"].get("kubernetes.io/service-name")
+                                         == "web"), "the slice garbage-collected with its Service")
