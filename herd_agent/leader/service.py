@@ -39,7 +39,7 @@ from herd_agent.host.notify import Notifier
 from herd_agent.leader import releases as releases_mod
 from herd_agent.leader.apply import Applier
 from herd_agent.leader.election import LeaderElector
-from herd_agent.leader.fence import Deposed, Fence
+from herd_agent.leader.fence import Deposed, Fence, guard_http_writes
 from herd_agent.leader.helm import Helm
 from herd_agent.leader.secrets import fetch_secret
 from herd_agent.leader.status import Reporter
@@ -140,6 +140,7 @@ class LeaderService:
                                      renew_deadline_s=cfg.get("leader.renew_deadline_s"),
                                      retry_period_s=cfg.get("leader.retry_period_s"))
         self.fence = Fence(self.elector.holding, self.elector.epoch, self.elector.remaining_s)
+        guard_http_writes(self.kube, self.fence)  # and again right before each API write is sent
         self.reporter = Reporter(self.kube, self.fence, cfg.get("leader.lease_namespace"),
                                  cfg.get("leader.lease_name"), root, cfg, self.identity)
         self._config_stamp = self._stamp()
