@@ -19,6 +19,29 @@ Source: client-go ``tools/leaderelection/leaderelection.go`` (``tryAcquireOrRene
 - On a clean stop the Lease is released (``holderIdentity`` cleared, ``leaseDurationSeconds`` 1),
   so the next candidate takes over at its next retry instead of after a LeaseDuration.
 
+One deliberate deviation, in *when* a candidate looks, never in *what* it decides: client-go's
+candidate polls every jittered RetryPeriod (2–4.4 s), so it notices the leader's last renew up to
+one jittered retry late and acquires at the first jittered retry after the expiry: a takeover
+lands anywhere up to LeaseDuration + 2 × 2.2 × RetryPeriod after the leader died. Here a
+candidate also keeps a Kubernetes watch on the one Lease (``fieldSelector=metadata.name``, from
+the ``resourceVersion`` it read; lightkube resumes at the last version when the stream ends and
+re-lists on 410 Gone), so a change is observed when it happens, and it schedules its next
+``tryAcquireOrRenew`` at the moment the observed record expires on its own monotonic clock,
+instead of the next jittered retry after it. While the watch is down (connection refused,
+forbidden, stalled before its first event) the candidate also polls every jittered RetryPeriod,
+as client-go does. Why this is safe:
+
+- the decision is unchanged: every try still reads the Lease (GET) and takes it only when the
+  record is the one observed a whole LeaseDuration ago on our clock, by a replace carrying the
+  resourceVersion (409 = lost);
+- an observation can only be *later* than the write it reports (a watch event or a GET reply
+  arrives after the write committed), and a later observation only moves our expiry later; a
+  renew seen late (a slow stream, a dropped watch) restarts the count when it is seen;
+- the holder stops working RenewDeadline after the *start* of its last successful renew round,
+  which is before the write committed, so the 5 s between RenewDeadline and LeaseDuration is
+  still the margin (for clock-rate drift and scheduling), exactly as in client-go; the watch
+  only removes the up-to-4.4 s lateness *after* the expiry, which guarded nothing.
+
 A Lease by itself guarantees no fencing (Kubernetes docs, "Leases"); :mod:`herd_agent.leader.fence`
 adds the check before every write and the epoch recorded on what is written.
 """
@@ -110,6 +133,8 @@ class LeaderElector:
             :func:`check_timings`).
         clock: monotonic seconds (tests may pass their own).
         rand: ``random()`` in [0, 1) for the jitter.
+        watch: keep a watch on the Lease while a candidate (see the module docstring); False
+            polls every jittered RetryPeriod only, as client-go.
 
     Raises:
         ConfigError: timings break client-go's rules.
@@ -118,7 +143,7 @@ class LeaderElector:
     def __init__(self, client: Any, namespace: str, name: str, identity: str, *,
                  lease_duration_s: float = LEASE_DURATION_S, renew_deadline_s: float = RENEW_DEADLINE_S,
                  retry_period_s: float = RETRY_PERIOD_S, clock: Callable[[], float] = time.monotonic,
-                 rand: Callable[[], float] = random.random) -> None:
+                 rand: Callable[[], float] = random.random, watch: bool = True) -> None:
         check_timings(lease_duration_s, renew_deadline_s, retry_period_s)
         self.client = client
         self.namespace = namespace
@@ -135,7 +160,13 @@ class LeaderElector:
         self._observed_time: float | None = None
         self._renewed_at: float | None = None  # monotonic time of our last successful acquire/renew
         self._epoch: Epoch | None = None
-        self.last_round: float | None = None  # monotonic start of the last acquire/renew round (watchdog)
+        # monotonic start of the last acquire/renew round, or of the candidate loop turning on a Lease
+        # event (a watching candidate may not try for as long as the leader renews): the watchdog's beat
+        self.last_round: float | None = None
+        self.watch = watch
+        self._wake = threading.Event()  # set by the watch on every Lease event
+        self._watching = False  # the watch delivered an event since it last failed
+        self._watch_done: threading.Event | None = None
 
     # -- what the rest of the leader asks ----------------------------------------------------------
 
@@ -195,15 +226,8 @@ class LeaderElector:
             self._took(record, created.metadata.resourceVersion, now)
             return True
 
-        spec = lease.spec
-        current = LeaseRecord(spec.holderIdentity or "", int(spec.leaseDurationSeconds or 0),
-                              _fmt(spec.acquireTime), _fmt(spec.renewTime), int(spec.leaseTransitions or 0))
-        with self._lock:
-            if current != self._observed:
-                self._observed = current
-                self._observed_time = now
-            self._observed_rv = lease.metadata.resourceVersion
-            observed_time = self._observed_time or now
+        current = _record(lease)
+        observed_time = self._observe(current, lease.metadata.resourceVersion, now)
         if (current.holder and current.holder != self.identity
                 and observed_time + max(current.lease_duration_s, 1) > now):
             return False  # someone else holds an unexpired Lease (expiry judged on our own clock)
@@ -222,6 +246,16 @@ class LeaderElector:
             return False
         self._took(record, updated.metadata.resourceVersion, now)
         return True
+
+    def _observe(self, current: LeaseRecord, rv: str | None, now: float) -> float:
+        """Note the record read (by a GET or the watch) at monotonic ``now``; a record different
+        from the one observed last restarts the count. Returns the time the record was first seen."""
+        with self._lock:
+            if current != self._observed:
+                self._observed = current
+                self._observed_time = now
+            self._observed_rv = rv
+            return self._observed_time if self._observed_time is not None else now
 
     @staticmethod
     def _spec(spec_cls: Any, record: LeaseRecord) -> Any:
@@ -249,14 +283,120 @@ class LeaderElector:
         """client-go's ``wait.Jitter(RetryPeriod, 1.2)``: RetryPeriod + random × 1.2 × RetryPeriod."""
         return self.retry_period_s + self.rand() * JITTER_FACTOR * self.retry_period_s
 
+    def next_try_s(self) -> float:
+        """Seconds from now until a candidate's next ``tryAcquireOrRenew``.
+
+        Another holder's record: the moment it expires on our clock (observed time +
+        ``leaseDurationSeconds``), or sooner, the next jittered RetryPeriod, while the watch is down.
+        A free record, our own, or none read yet: the next jittered RetryPeriod (client-go).
+        """
+        with self._lock:
+            rec, seen, watching = self._observed, self._observed_time, self._watching
+        retry = self.jittered_retry_s()
+        if rec is None or seen is None or not rec.holder or rec.holder == self.identity:
+            return retry
+        expiry = seen + max(rec.lease_duration_s, 1) - self.clock()
+        return max(0.0, expiry if watching else min(expiry, retry))
+
     def acquire(self, stop: threading.Event) -> bool:
-        """Try every jittered RetryPeriod until we hold the Lease (True) or ``stop`` is set (False)."""
+        """Try until we hold the Lease (True) or ``stop`` is set (False): at once, then at each
+        :meth:`next_try_s`, and at once when the watch shows the Lease released."""
+        if self.watch:
+            self._start_watch()
+        try:
+            while not stop.is_set():
+                if self.try_acquire_or_renew():
+                    log.info("became leader of lease %s/%s (epoch %s)", self.namespace, self.name, self._epoch)
+                    return True
+                self._wait_next_try(stop)
+            return False
+        finally:
+            self._stop_watch()
+
+    def _wait_next_try(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            if self.try_acquire_or_renew():
-                log.info("became leader of lease %s/%s (epoch %s)", self.namespace, self.name, self._epoch)
+            self._wake.clear()
+            delay = self.next_try_s()
+            if delay <= 0 or not self._pause(stop, delay):
+                return  # the observed record expired (or the retry is due)
+            self.last_round = self.clock()  # the loop turned on a Lease event: alive for the watchdog
+            with self._lock:  # woken by a Lease event: a released Lease is tried at once
+                if self._observed is not None and not self._observed.holder:
+                    return
+
+    def _pause(self, stop: threading.Event, seconds: float) -> bool:
+        """Wait ``seconds`` of :attr:`clock`; True as soon as the watch reports a Lease event,
+        False when the time is up or ``stop`` is set."""
+        end = self.clock() + seconds
+        while not stop.is_set():
+            left = end - self.clock()
+            if left <= 0:
+                return False
+            if self._wake.wait(min(left, 0.25)):
                 return True
-            stop.wait(self.jittered_retry_s())
         return False
+
+    # -- the watch ---------------------------------------------------------------------------------
+
+    def _start_watch(self) -> None:
+        self._stop_watch()
+        done = threading.Event()
+        self._watch_done = done
+        threading.Thread(target=self.watch_lease, args=(done,), name="lease-watch", daemon=True).start()
+
+    def _stop_watch(self) -> None:
+        if self._watch_done is not None:
+            self._watch_done.set()
+            self._watch_done = None
+        with self._lock:
+            self._watching = False
+
+    def _watch_failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self._watching = False
+        log.debug("lease %s/%s: watch failed, polling every retry: %s", self.namespace, self.name, exc)
+
+    def watch_lease(self, done: threading.Event) -> None:
+        """Watch the one Lease until ``done`` is set, observing every change when it arrives.
+
+        Kubernetes' watch: ``GET .../leases?watch=true&fieldSelector=metadata.name=<name>`` from
+        the resourceVersion last read; lightkube reconnects at the last resourceVersion when the
+        stream ends and starts over with a fresh list (ADDED events) on 410 Gone. Any failure
+        marks the watch down (the candidate polls) and is retried after RetryPeriod.
+        """
+        from lightkube.resources.coordination_v1 import Lease
+        from lightkube.types import OnErrorAction, OnErrorResult
+
+        def on_error(exc: Exception, count: int) -> OnErrorResult:
+            self._watch_failed(exc)
+            if done.is_set():
+                return OnErrorResult(OnErrorAction.STOP)
+            return OnErrorResult(OnErrorAction.RETRY, sleep=self.retry_period_s)
+
+        while not done.is_set():
+            with self._lock:
+                rv = self._observed_rv
+            try:
+                for kind, lease in self.client.watch(Lease, namespace=self.namespace,
+                                                     fields={"metadata.name": self.name},
+                                                     resource_version=rv, on_error=on_error):
+                    if done.is_set():
+                        return
+                    if kind == "BOOKMARK":
+                        continue
+                    now = self.clock()
+                    with self._lock:
+                        self._watching = True
+                    if kind == "DELETED":
+                        self._observe(LeaseRecord("", 0, None, None, 0), None, now)
+                    else:
+                        self._observe(_record(lease), lease.metadata.resourceVersion, now)
+                    self._wake.set()
+            except Exception as exc:  # connection refused, decoding...: poll, retry the watch later
+                self._watch_failed(exc)
+                with self._lock:
+                    self._observed_rv = None  # start over from a fresh list
+                done.wait(self.retry_period_s)
 
     def renew(self, stop: threading.Event) -> None:
         """Renew every RetryPeriod; return once a renew has failed for RenewDeadline (leadership
@@ -301,6 +441,13 @@ class LeaderElector:
             return False
         finally:
             self._lose()
+
+
+def _record(lease: Any) -> LeaseRecord:
+    """The :class:`LeaseRecord` of a lightkube ``Lease``."""
+    spec = lease.spec
+    return LeaseRecord(spec.holderIdentity or "", int(spec.leaseDurationSeconds or 0),
+                       _fmt(spec.acquireTime), _fmt(spec.renewTime), int(spec.leaseTransitions or 0))
 
 
 def _fmt(value: Any) -> str | None:

@@ -22,6 +22,7 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from herd_agent.errors import ExitCode, HerdError
 from herd_agent.leader.election import Epoch
@@ -83,9 +84,51 @@ class Fence:
         log.info("fence: write %s under epoch %s", what, epoch)
         return epoch
 
+    def recheck(self, what: str) -> None:
+        """:meth:`check` again for a write already allowed, silently when still leading.
+
+        Raises:
+            Deposed: not holding, or less than ``margin_s`` of the term left.
+        """
+        if self.epoch() is None or not self.holding() or self.remaining_s() < self.margin_s:
+            with self._lock:
+                self.refused += 1
+            log.warning("fence: refused %s at send: not the leader (any more)", what)
+            raise Deposed(f"not the leader any more: refused {what}")
+
     def labels(self, epoch: Epoch) -> dict[str, str]:
         """The labels/annotations that record ``epoch`` on what is written."""
         return {EPOCH_LABEL: str(epoch.transitions), HOLDER_LABEL: label_value(epoch.holder)}
+
+
+def guard_http_writes(kube: Any, fence: Fence) -> bool:
+    """Re-check ``fence`` inside the HTTP client, right before each write request is sent.
+
+    A write is checked by :meth:`Fence.check` before it is built; a process frozen (SIGSTOP, a
+    VM pause) between that check and the send would otherwise send it on waking, after another
+    leader took over. An httpx ``request`` event hook runs just before the request goes on the
+    wire, so the remaining window is httpx's own sending. Reads and the election's own Lease
+    writes (``coordination.k8s.io``) are not fenced.
+
+    Args:
+        kube: a ``lightkube.Client`` (its httpx client is lightkube's ``_client._client``).
+        fence: the fence of the leader using ``kube``.
+    Returns:
+        True when the hook was installed (False: not a lightkube client with an httpx client).
+    """
+    http = getattr(getattr(kube, "_client", None), "_client", None)
+    if http is None or not hasattr(http, "event_hooks"):
+        return False
+
+    def hook(request: Any) -> None:
+        if request.method in ("GET", "HEAD", "OPTIONS") or "/coordination.k8s.io/" in request.url.path:
+            return
+        fence.recheck(f"{request.method} {request.url.path}")
+
+    hooks = dict(http.event_hooks)
+    hooks["request"] = [*hooks.get("request", []), hook]
+    http.event_hooks = hooks
+    return True
 
 
 def always(epoch: Epoch) -> Fence:

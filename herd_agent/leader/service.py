@@ -4,7 +4,8 @@ Life of the process (``herd-agent-leader.service``, Type=notify, watchdog):
 
 1. Load the config and the release set (a bad one is a config error, exit 78, before any write);
    ask helm its version; ``READY=1``.
-2. Candidate: :meth:`LeaderElector.acquire` every jittered RetryPeriod.
+2. Candidate: :meth:`LeaderElector.acquire`: a watch on the Lease, a try when the observed record
+   expires on our clock (every jittered RetryPeriod while the watch is down).
 3. Leader: a renew thread keeps the Lease; the applier runs a pass, then waits
    ``leader.resync_interval_s`` or until a config file changes, and runs the next.
 4. Lost (RenewDeadline passed without a renew): the fence already refuses every write; any helm
@@ -38,7 +39,7 @@ from herd_agent.host.notify import Notifier
 from herd_agent.leader import releases as releases_mod
 from herd_agent.leader.apply import Applier
 from herd_agent.leader.election import LeaderElector
-from herd_agent.leader.fence import Deposed, Fence
+from herd_agent.leader.fence import Deposed, Fence, guard_http_writes
 from herd_agent.leader.helm import Helm
 from herd_agent.leader.secrets import fetch_secret
 from herd_agent.leader.status import Reporter
@@ -139,6 +140,7 @@ class LeaderService:
                                      renew_deadline_s=cfg.get("leader.renew_deadline_s"),
                                      retry_period_s=cfg.get("leader.retry_period_s"))
         self.fence = Fence(self.elector.holding, self.elector.epoch, self.elector.remaining_s)
+        guard_http_writes(self.kube, self.fence)  # and again right before each API write is sent
         self.reporter = Reporter(self.kube, self.fence, cfg.get("leader.lease_namespace"),
                                  cfg.get("leader.lease_name"), root, cfg, self.identity)
         self._config_stamp = self._stamp()

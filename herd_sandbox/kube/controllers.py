@@ -19,6 +19,12 @@ Each pass is idempotent and writes only what differs, so the loop settles:
 - kubelets: pods bound to a Ready node become Running and Ready at once; on a NotReady node
   they lose Ready;
 - status of ReplicaSets, Deployments, DaemonSets, StatefulSets and PodDisruptionBudgets;
+- the endpoints controller (:func:`endpoint_subsets`): a ``v1 Endpoints`` per Service with a
+  selector, named like it, removed with it; and the EndpointSlice controller
+  (:func:`endpoint_slices`): ``discovery.k8s.io/v1`` EndpointSlices owned by the Service;
+- kube-aggregator's availability controller (:func:`apiservice_available`): the ``Available``
+  condition of every APIService (no request is proxied to the Service, so the discovery check the
+  real controller also makes is taken as passed);
 - k3s' node controller (the API stands in for a k3s server's): when a Node is deleted, its
   ``kube-system/<node>.node-password.k3s`` Secret goes too (k3s ``pkg/node/controller.go``,
   ``onRemove``), so a node re-joins under the same name without anyone deleting Secrets.
@@ -32,6 +38,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from herd_sandbox.kube import disruption
@@ -124,6 +131,7 @@ class World:
         self._dirty = threading.Event()
         self._paused = threading.Event()
         self._removed_nodes: list[str] = []
+        self._removed_services: list[tuple[str, str]] = []
         self.passes = 0
         self.errors: list[str] = []  # failed passes (the fixtures fail a test that caused one)
         store.add_listener(self._on_event)
@@ -131,7 +139,9 @@ class World:
         self.t: dict[str, ResourceType] = {}
         for group, kind in (("", "Pod"), ("", "Node"), ("", "Namespace"), ("", "ServiceAccount"),
                             ("apps", "Deployment"), ("apps", "ReplicaSet"), ("apps", "DaemonSet"),
-                            ("apps", "StatefulSet"), ("policy", "PodDisruptionBudget")):
+                            ("apps", "StatefulSet"), ("policy", "PodDisruptionBudget"), ("", "Service"),
+                            ("", "Endpoints"), ("apiregistration.k8s.io", "APIService"),
+                            ("discovery.k8s.io", "EndpointSlice")):
             row = t(group, kind)
             assert row is not None
             self.t[kind] = row
@@ -139,6 +149,8 @@ class World:
     def _on_event(self, event: Event) -> None:
         if event.type == "DELETED" and event.key == ("", "nodes"):
             self._removed_nodes.append(event.obj["metadata"]["name"])
+        if event.type == "DELETED" and event.key == ("", "services"):
+            self._removed_services.append((event.obj["metadata"]["namespace"], event.obj["metadata"]["name"]))
         self._dirty.set()
 
     def start(self) -> None:
@@ -185,6 +197,8 @@ class World:
             self._schedule()
             self._kubelets()
             self._statuses()
+            self._endpoints()
+            self._apiservices()
             self.passes += 1
 
     # -- helpers ------------------------------------------------------------------------
@@ -477,6 +491,72 @@ class World:
         for ns in sorted(namespaces):
             disruption.refresh_namespace(self.store, ns)
 
+    def _endpoints(self) -> None:
+        """The endpoints controller: each Service with a selector gets the Endpoints it implies."""
+        while self._removed_services:  # the controller deletes the Endpoints of a deleted Service
+            ns, name = self._removed_services.pop()
+            ep = self.store.find(self.t["Endpoints"], ns, name)
+            if ep is not None and self.store.find(self.t["Service"], ns, name) is None:
+                self._delete(self.t["Endpoints"], ep)
+        for svc in self._list("Service"):
+            meta, spec = svc["metadata"], svc.get("spec") or {}
+            if not spec.get("selector") or spec.get("type") == "ExternalName":
+                continue  # no selector: the Endpoints are the user's (Kubernetes docs, "Services without selectors")
+            want = {"apiVersion": "v1", "kind": "Endpoints",
+                    "metadata": {"name": meta["name"], "namespace": meta["namespace"],
+                                 "labels": dict(meta.get("labels") or {})}}
+            pods = self._list("Pod", meta["namespace"])
+            self._slices(svc, pods)
+            subsets = endpoint_subsets(svc, pods)
+            if subsets:
+                want["subsets"] = subsets
+            current = self.store.find(self.t["Endpoints"], meta["namespace"], meta["name"])
+            if current is None:
+                self._create("Endpoints", meta["namespace"], want)
+            elif current.get("subsets") != want.get("subsets") or \
+                    current["metadata"].get("labels") != want["metadata"]["labels"]:
+                def put(d: Obj, w: Obj = want) -> Obj:
+                    d["metadata"]["labels"] = w["metadata"]["labels"]
+                    d.pop("subsets", None)
+                    if "subsets" in w:
+                        d["subsets"] = w["subsets"]
+                    return d
+                self.store.modify(self.t["Endpoints"], meta["namespace"], meta["name"], put)
+
+    def _slices(self, svc: Obj, pods: list[Obj]) -> None:
+        meta = svc["metadata"]
+        want = {s["metadata"]["name"]: s for s in endpoint_slices(svc, pods)}
+        ours = [s for s in self._list("EndpointSlice", meta["namespace"]) if controlled_by(s, svc)]
+        for current in ours:
+            if current["metadata"]["name"] not in want:
+                self._delete(self.t["EndpointSlice"], current)
+        for name, slice_ in want.items():
+            current = self.store.find(self.t["EndpointSlice"], meta["namespace"], name)
+            if current is None:
+                self._create("EndpointSlice", meta["namespace"], slice_)
+            elif any(current.get(f) != slice_.get(f) for f in ("endpoints", "ports")):
+                self.store.modify(self.t["EndpointSlice"], meta["namespace"], name,
+                                  lambda d, w=slice_: {**d, "endpoints": w["endpoints"], "ports": w["ports"]})
+
+    def _apiservices(self) -> None:
+        for api in self._list("APIService"):
+            svc_ref = (api.get("spec") or {}).get("service")
+            svc = ep = None
+            if svc_ref:
+                svc = self.store.find(self.t["Service"], svc_ref.get("namespace"), svc_ref.get("name") or "")
+                ep = self.store.find(self.t["Endpoints"], svc_ref.get("namespace"), svc_ref.get("name") or "")
+            status, reason, message = apiservice_available(api, svc, ep)
+            conds = [c for c in (api.get("status") or {}).get("conditions") or [] if c.get("type") != "Available"]
+            old = next((c for c in (api.get("status") or {}).get("conditions") or []
+                        if c.get("type") == "Available"), None)
+            if old and (old.get("status"), old.get("reason"), old.get("message")) == (status, reason, message):
+                continue
+            moved = old is None or old.get("status") != status
+            conds.append({"type": "Available", "status": status,
+                          "lastTransitionTime": now_rfc3339() if moved else old.get("lastTransitionTime"),
+                          "reason": reason, "message": message})
+            self._set_status("APIService", api, {**(api.get("status") or {}), "conditions": conds})
+
     def _deployment_status(self, dep: Obj) -> None:
         ns, spec = dep["metadata"]["namespace"], dep.get("spec") or {}
         replicas = int(spec.get("replicas", 1))
@@ -523,6 +603,157 @@ class World:
             if status[key] == 0:
                 status.pop(key)
         self._set_status("Deployment", dep, status)
+
+
+def _target_port(svc_port: dict[str, Any], pod: Obj) -> int | None:
+    """The pod port a Service port sends to: ``targetPort`` as a number, or the container port of
+    that name (None when the pod has none: the pod is left out for that port), or ``port``."""
+    target = svc_port.get("targetPort", svc_port.get("port"))
+    if isinstance(target, int) or (isinstance(target, str) and target.isdigit()):
+        return int(target)
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        for cp in c.get("ports") or []:
+            if cp.get("name") == target and cp.get("protocol", "TCP") == svc_port.get("protocol", "TCP"):
+                return int(cp["containerPort"])
+    return None
+
+
+def _service_pods(svc: Obj, pods: list[Obj]) -> Iterator[tuple[Obj, list[dict[str, Any]]]]:
+    """The pods a Service selects that can be endpoints (a ``podIP``, not terminal), each with the
+    Service's ports resolved on it (``name`` "" when unnamed; ports the pod lacks left out)."""
+    spec = svc.get("spec") or {}
+    selector = spec.get("selector") or {}
+    for pod in pods:
+        labels = pod["metadata"].get("labels") or {}
+        status = pod.get("status") or {}
+        if any(labels.get(k) != v for k, v in selector.items()):
+            continue
+        if not status.get("podIP") or status.get("phase") in ("Succeeded", "Failed"):
+            continue
+        ports = []
+        for sp in spec.get("ports") or []:
+            target = _target_port(sp, pod)
+            if target is not None:
+                ports.append({"name": sp.get("name", ""), "port": target, "protocol": sp.get("protocol", "TCP")})
+        yield pod, ports
+
+
+def endpoint_subsets(svc: Obj, pods: list[Obj]) -> list[dict[str, Any]]:
+    """The ``subsets`` of a Service's Endpoints, as Kubernetes' endpoints controller builds them
+    (``pkg/controller/endpoint``; API reference "Endpoints v1"; "Services without selectors").
+
+    Args:
+        svc: the Service (``spec.selector`` a plain label map, ``spec.ports[]``).
+        pods: the pods of its namespace.
+
+    Pods that match the selector, have a ``podIP``, are not terminal and not being deleted are
+    endpoints: Ready ones (condition ``Ready`` True, or any with ``publishNotReadyAddresses``) in
+    ``addresses``, the others in ``notReadyAddresses``. Each carries ``ip``, ``nodeName`` and a
+    ``targetRef`` to the pod. Ports are the Service's ports with ``targetPort`` resolved on the pod
+    (a named one from its containers' ports). Pods with the same resolved ports share a subset;
+    addresses are sorted by IP (the controller's ``RepackSubsets``).
+    """
+    spec = svc.get("spec") or {}
+    groups: dict[str, dict[str, Any]] = {}
+    for pod, resolved in _service_pods(svc, pods):
+        meta, status = pod["metadata"], pod.get("status") or {}
+        if meta.get("deletionTimestamp") or (spec.get("ports") and not resolved):
+            continue
+        ports = [{k: v for k, v in port.items() if k != "name" or v} for port in resolved]  # unnamed: no name
+        key = json.dumps(ports, sort_keys=True)
+        group = groups.setdefault(key, {"ports": ports, "addresses": [], "notReadyAddresses": []})
+        address = {"ip": status["podIP"], "nodeName": (pod.get("spec") or {}).get("nodeName"),
+                   "targetRef": {"kind": "Pod", "namespace": meta["namespace"], "name": meta["name"],
+                                 "uid": meta["uid"]}}
+        ready = spec.get("publishNotReadyAddresses") or disruption.pod_ready(pod)
+        group["addresses" if ready else "notReadyAddresses"].append(address)
+    subsets = []
+    for key in sorted(groups):
+        group = groups[key]
+        subset: dict[str, Any] = {}
+        for field in ("addresses", "notReadyAddresses"):
+            if group[field]:
+                subset[field] = sorted(group[field], key=lambda a: tuple(int(x) for x in a["ip"].split(".")))
+        if group["ports"]:
+            subset["ports"] = sorted(group["ports"], key=lambda p: (p.get("name", ""), p["port"]))
+        subsets.append(subset)
+    return subsets
+
+
+def endpoint_slices(svc: Obj, pods: list[Obj]) -> list[Obj]:
+    """The ``discovery.k8s.io/v1`` EndpointSlices of a Service with a selector, as Kubernetes'
+    EndpointSlice controller makes them (docs "EndpointSlices"; API reference "EndpointSlice v1").
+
+    One slice per set of resolved ports (at most 100 endpoints a slice is not modelled), named
+    ``<service>-<5 chars>``, labelled ``kubernetes.io/service-name`` and
+    ``endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io``, owned by the
+    Service, ``addressType: IPv4``. Each endpoint: ``addresses [podIP]``, ``conditions``
+    (``ready``: Ready and not terminating; ``serving``: Ready; ``terminating``: being deleted),
+    ``nodeName``, ``targetRef``. Pods without an IP or terminal are left out.
+    """
+    meta, spec = svc["metadata"], svc.get("spec") or {}
+    groups: dict[str, dict[str, Any]] = {}
+    for pod, ports in _service_pods(svc, pods):
+        pmeta, status = pod["metadata"], pod.get("status") or {}
+        key = json.dumps(ports, sort_keys=True)
+        ready = disruption.pod_ready(pod)
+        terminating = bool(pmeta.get("deletionTimestamp"))
+        groups.setdefault(key, {"ports": ports, "endpoints": []})["endpoints"].append({
+            "addresses": [status["podIP"]],
+            "conditions": {"ready": (ready or bool(spec.get("publishNotReadyAddresses"))) and not terminating,
+                           "serving": ready, "terminating": terminating},
+            "nodeName": (pod.get("spec") or {}).get("nodeName"),
+            "targetRef": {"kind": "Pod", "namespace": pmeta["namespace"], "name": pmeta["name"], "uid": pmeta["uid"]},
+        })
+    if not groups:  # the controller keeps one (empty) slice for a Service without endpoints
+        groups[json.dumps([])] = {"ports": [], "endpoints": []}
+    slices = []
+    for key, group in sorted(groups.items()):
+        suffix = hashlib.sha256(f"{meta.get('uid', meta['name'])}/{key}".encode()).hexdigest()[:5]
+        slices.append({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": f"{meta['name']}-{suffix}", "namespace": meta["namespace"],
+                         "labels": {**(meta.get("labels") or {}), "kubernetes.io/service-name": meta["name"],
+                                    "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+                         "ownerReferences": [owner_ref(svc)]},
+            "addressType": "IPv4",
+            "endpoints": sorted(group["endpoints"], key=lambda e: tuple(int(x) for x in e["addresses"][0].split("."))),
+            "ports": group["ports"],
+        })
+    return slices
+
+
+def apiservice_available(api: Obj, svc: Obj | None, endpoints: Obj | None) -> tuple[str, str, str]:
+    """``(status, reason, message)`` of an APIService's ``Available`` condition, as kube-aggregator's
+    ``AvailableConditionController`` (``pkg/controllers/status``) sets it.
+
+    Args:
+        api: the APIService; ``spec.service`` (``namespace``, ``name``, ``port`` default 443) or nil.
+        svc, endpoints: the Service and Endpoints it names (None when absent).
+
+    ``spec.service`` nil: True, ``Local``. Otherwise False with ``ServiceNotFound`` (no Service),
+    ``ServicePortError`` (no Service port equal to ``spec.service.port``), ``EndpointsNotFound``,
+    ``MissingEndpoints`` (no ready address for that port), else True with ``Passed``.
+    """
+    ref = (api.get("spec") or {}).get("service")
+    if not ref:
+        return "True", "Local", "Local APIServices are always available"
+    ns, name, want = ref.get("namespace"), ref.get("name"), int(ref.get("port") or 443)
+    if svc is None:
+        return "False", "ServiceNotFound", f'service/{name} in "{ns}" is not present'
+    if (svc.get("spec") or {}).get("type") == "ExternalName":
+        return "True", "Passed", "all checks passed"
+    port = next((p for p in (svc.get("spec") or {}).get("ports") or [] if p.get("port") == want), None)
+    if port is None:
+        return "False", "ServicePortError", f'service/{name} in "{ns}" is not listening on port {want}'
+    if endpoints is None:
+        return "False", "EndpointsNotFound", f'cannot find endpoints for service/{name} in "{ns}"'
+    for subset in endpoints.get("subsets") or []:
+        if subset.get("addresses") and any(p.get("name", "") == port.get("name", "")
+                                           for p in subset.get("ports") or []):
+            return "True", "Passed", "all checks passed"
+    return "False", "MissingEndpoints", (f'endpoints for service/{name} in "{ns}" have no addresses with port '
+                                         f'name "{port.get("name", "")}"')
 
 
 def _max_unavailable(spec: dict[str, Any]) -> int:

@@ -3,7 +3,10 @@
 Only what clients observe is modelled: pod defaults (``terminationGracePeriodSeconds`` 30,
 ``restartPolicy``, ``schedulerName``, phase Pending), Deployment defaults (replicas,
 RollingUpdate 25 %/25 %), namespace phase and ``kubernetes.io/metadata.name`` label, Secret
-``stringData`` folded into ``data``, PDB zero status, and CRDs (name must be
+``stringData`` folded into ``data``, PDB zero status, Service defaults and a ClusterIP allocated
+from k3s' default service CIDR 10.43.0.0/16 (API reference "Service v1"; "Virtual IPs and
+Service Proxies": ``clusterIP`` is allocated on create unless ``None`` or ExternalName, and kept
+on update), and CRDs (name must be
 ``<plural>.<group>``; on create/update they are Established at once and their resources served).
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 from typing import Any
 
 from herd_sandbox.kube import errors
@@ -95,6 +99,38 @@ def _pdb(op: str, rtype: ResourceType, obj: Obj, old: Obj | None) -> Obj:
     return obj
 
 
+def _service_admission(store: Store) -> Any:
+    def admit(op: str, rtype: ResourceType, obj: Obj, old: Obj | None) -> Obj:
+        spec = obj.setdefault("spec", {})
+        spec.setdefault("type", "ClusterIP")
+        spec.setdefault("sessionAffinity", "None")
+        for port in spec.get("ports") or []:
+            port.setdefault("protocol", "TCP")
+            port.setdefault("targetPort", port.get("port"))
+        if spec["type"] == "ExternalName":
+            return obj
+        spec.setdefault("internalTrafficPolicy", "Cluster")
+        before = (old or {}).get("spec") or {}
+        if not spec.get("clusterIP") and before.get("clusterIP"):  # allocated once, kept on update
+            for field in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"):
+                if field in before:
+                    spec[field] = copy.deepcopy(before[field])
+        if not spec.get("clusterIP"):
+            used = {(s.get("spec") or {}).get("clusterIP") for s in store.list_ref(rtype)[0]}
+            n = int.from_bytes(hashlib.sha256(f"{obj['metadata'].get('namespace')}/{obj['metadata'].get('name')}"
+                                              .encode()).digest()[:2], "big")
+            while (ip := f"10.43.{(n >> 8) % 256}.{n % 254 + 1}") in used or ip == "10.43.0.1":
+                n = (n + 1) % 65536
+            spec["clusterIP"] = ip
+        spec.setdefault("clusterIPs", [spec["clusterIP"]])
+        if spec["clusterIP"] != "None":
+            spec.setdefault("ipFamilies", ["IPv4"])
+            spec.setdefault("ipFamilyPolicy", "SingleStack")
+        return obj
+
+    return admit
+
+
 def _crd_admission(store: Store) -> Any:
     def admit(op: str, rtype: ResourceType, obj: Obj, old: Obj | None) -> Obj:
         spec = obj.get("spec") or {}
@@ -137,6 +173,7 @@ def install(store: Store) -> None:
     store.add_admission(("", "namespaces"), _namespace)
     store.add_admission(("", "secrets"), _secret)
     store.add_admission(("policy", "poddisruptionbudgets"), _pdb)
+    store.add_admission(("", "services"), _service_admission(store))
     store.add_admission(("apiextensions.k8s.io", "customresourcedefinitions"), _crd_admission(store))
 
     def on_crd_delete(event: Event) -> None:

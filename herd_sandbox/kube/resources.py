@@ -118,6 +118,7 @@ def _builtin() -> list[ResourceType]:
            (Subresource("token", "TokenRequest", "authentication.k8s.io", "v1", ("create",)),)),
         rt("", "v1", "Service", "services", True, ("svc",), (STATUS,), categories=("all",)),
         rt("", "v1", "Endpoints", "endpoints", True, ("ep",)),
+        rt("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", True),
         rt("", "v1", "Event", "events", True, ("ev",),
            field_selectors=("involvedObject.kind", "involvedObject.namespace", "involvedObject.name",
                             "involvedObject.uid", "involvedObject.apiVersion", "involvedObject.resourceVersion",
@@ -144,6 +145,11 @@ def _builtin() -> list[ResourceType]:
            printer_columns=(("Ready", "integer", "status.readyReplicas"),)),
         rt("apps", "v1", "ControllerRevision", "controllerrevisions", True),
         rt("batch", "v1", "Job", "jobs", True, (), (STATUS,), categories=("all",)),
+        rt("admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration",
+           "validatingwebhookconfigurations", False),
+        rt("admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration", "mutatingwebhookconfigurations",
+           False),
+        rt("apiregistration.k8s.io", "v1", "APIService", "apiservices", False, (), (STATUS,)),
         rt("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", False,
            ("crd", "crds"), (STATUS,)),
         # Virtual: a create is answered, nothing is stored (server.py).
@@ -161,7 +167,8 @@ BUILTIN_GROUPS = frozenset(row.group for row in _builtin())
 
 # Groups whose preferred version discovery reports, in the order the real server lists them.
 GROUP_ORDER = ("", "apps", "events.k8s.io", "authentication.k8s.io", "authorization.k8s.io", "batch", "policy",
-               "rbac.authorization.k8s.io", "apiextensions.k8s.io", "coordination.k8s.io")
+               "rbac.authorization.k8s.io", "admissionregistration.k8s.io", "apiextensions.k8s.io",
+               "apiregistration.k8s.io", "coordination.k8s.io", "discovery.k8s.io")
 
 
 class Registry:

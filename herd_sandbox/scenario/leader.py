@@ -43,7 +43,8 @@ from herd_sandbox.scenario.scenarios import FINAL, Context, Scenario, Step, Step
 REPO = Path(__file__).resolve().parents[2]
 CHARTS = REPO / "tests" / "charts"
 LEASE = ("kube-system", "herd-agent-leader")
-LEASE_DURATION_S, RETRY_PERIOD_S, JITTER = 15.0, 2.0, 1.2
+LEASE_DURATION_S, RETRY_PERIOD_S = 15.0, 2.0
+FAILOVER_BOUND_S = LEASE_DURATION_S + RETRY_PERIOD_S  # the issue's bound, kill -9 → the new leader's first write
 SECRET_PARAM = "/herd/{cluster}/shop-password"
 """The release secret's SSM parameter: under the cluster's prefix, which the shipped control-plane
 IAM policy lets control planes read (ami/iam/control-plane.json; the sandbox enforces it)."""
@@ -233,6 +234,15 @@ def bootstrap(timeout: float = 240) -> Step:
         rv = lambda o: int(o["metadata"]["resourceVersion"])  # noqa: E731
         if not rv(crd) < rv(op) or not rv(op_dep) < rv(shop):
             raise StepFailed("a release was written before what it needs existed")
+        # shop needs the operator's webhook and aggregated API: both ready (the emulator's endpoints
+        # and APIService-availability controllers) before shop's first record was written
+        api = c.kube.get("APIService", "v1alpha1.status.example.io")
+        hook = c.kube.get("Endpoints", "widget-operator-webhook", "platform")
+        available = [x for x in (api.get("status") or {}).get("conditions") or [] if x["type"] == "Available"]
+        if not available or available[0]["status"] != "True" or not rv(api) < rv(shop):
+            raise StepFailed(f"shop was written before APIService {api['metadata']['name']} was Available")
+        if not any(sub.get("addresses") for sub in hook.get("subsets") or []) or not rv(hook) < rv(shop):
+            raise StepFailed("shop was written before the operator's webhook had a ready endpoint")
         ctx.say(f"5 releases deployed in needs order and the root Application applied in "
                 f"{time.monotonic() - started:.1f} s")
 
@@ -293,9 +303,9 @@ def kill_mid_upgrade(timeout: float = 120) -> Step:
         ld.failover = {"takeover_s": took, "first_write_s": first["t"] - t_kill}  # type: ignore[attr-defined]
         ctx.say(f"{new} took over after {took:.1f} s (epoch {ld.holder()[1]}); first write after "
                 f"{first['t'] - t_kill:.1f} s")
-        bound = LEASE_DURATION_S + RETRY_PERIOD_S * (1 + JITTER)
-        if took > bound:
-            raise StepFailed(f"takeover took {took:.1f} s > LeaseDuration + jittered RetryPeriod ({bound:.1f} s)")
+        if first["t"] - t_kill > FAILOVER_BOUND_S:
+            raise StepFailed(f"the new leader's first write came {first['t'] - t_kill:.1f} s after the kill > "
+                             f"LeaseDuration + RetryPeriod ({FAILOVER_BOUND_S:.0f} s)")
 
         def finished() -> bool:
             recs = _records(c, "apps", "shop")
@@ -476,13 +486,15 @@ def secret_nowhere(c: ScenarioCluster) -> Check:
 
 
 def failover(c: ScenarioCluster) -> Check:
-    """The measured failover (kill → takeover, kill → first write), for the report and the bench."""
+    """Kill -9 → the new leader's first (non-Lease) write within LeaseDuration + RetryPeriod (the issue's
+    bound, 17 s with the defaults); the takeover time is reported too."""
     ld = _run(c)
     f = getattr(ld, "failover", None)
     if f is None:
         return Check("failover measured", False, "the kill step did not run")
-    return Check("failover within LeaseDuration + jittered RetryPeriod", True,
-                 f"takeover {f['takeover_s']:.1f} s, first write {f['first_write_s']:.1f} s", f)
+    return Check("failover within LeaseDuration + RetryPeriod", f["first_write_s"] <= FAILOVER_BOUND_S,
+                 f"takeover {f['takeover_s']:.1f} s, first write {f['first_write_s']:.1f} s after the kill "
+                 f"(bound {FAILOVER_BOUND_S:.0f} s)", f)
 
 
 def leader(short: bool = False, helm_major: int = 4) -> Scenario:

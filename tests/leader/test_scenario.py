@@ -18,7 +18,7 @@ LEADER_CHECKS = {
     "the deposed leader wrote nothing after it woke",
     "plan releases writes nothing",
     "the secret value never in argv, logs or Events",
-    "failover within LeaseDuration + jittered RetryPeriod",
+    "failover within LeaseDuration + RetryPeriod",
 }
 
 
