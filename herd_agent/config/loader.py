@@ -10,7 +10,6 @@ YAML syntax errors as ``FILE:LINE:COLUMN: problem``. Any problem raises
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import math
 from dataclasses import dataclass, field
@@ -315,6 +314,8 @@ def _num(v: float | None) -> str:
 
 
 def _suggest(path: str, options: dict[str, Option]) -> str:
+    import difflib  # only on a bad key: the resident watcher loads the config too
+
     candidates = list(options) + sorted({p.split(".", 1)[0] for p in options})
     match = difflib.get_close_matches(path, candidates, n=1, cutoff=0.6)
     if not match:
@@ -327,5 +328,7 @@ def _suggest(path: str, options: dict[str, Option]) -> str:
 
 
 def _suggest_value(value: str, opt: Option) -> str:
+    import difflib
+
     match = difflib.get_close_matches(value, [str(c) for c in opt.choices or ()], n=1, cutoff=0.5)
     return f"; did you mean {match[0]}?" if match else ""

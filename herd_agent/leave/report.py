@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from typing import Any
 
 from herd_agent.config.loader import Config
@@ -37,6 +36,8 @@ def node_event(kube: Any, node: str, reason: str, message: str, *, warning: bool
     Returns True when the Event exists now (created, or already there).
     """
     try:
+        import uuid  # here, not at the top: the resident watcher imports this module
+
         from lightkube import ApiError
         from lightkube.models.core_v1 import EventSource, ObjectReference
         from lightkube.models.meta_v1 import ObjectMeta
