@@ -61,18 +61,15 @@ def token_client(root: HostRoot, cfg: Config, token: str, server: str, timeout_s
     return Client(config=config, timeout=timeout_s, trust_env=False)
 
 
-def client(root: HostRoot, cfg: Config, *, control_plane: bool, timeout_s: float = 10.0,
-           token: str | None = None, server: str | None = None) -> Any:
-    """A ``lightkube.Client``: with ``token`` (a ServiceAccount token) against ``server``, else from
-    the role's kubeconfig.
+def load_kubeconfig(root: HostRoot, cfg: Config, *, control_plane: bool) -> Any:
+    """The role's kubeconfig (:func:`kubeconfig_path`) as a lightkube ``SingleConfig`` (current
+    context), insecure only when ``kube.insecure_skip_tls_verify`` says so.
 
     Raises:
         HerdError: the kubeconfig does not exist (yet) (exit 66).
     """
-    from lightkube import Client, KubeConfig
+    from lightkube import KubeConfig
 
-    if token is not None and server is not None:
-        return token_client(root, cfg, token, server, timeout_s)
     path = root.path(kubeconfig_path(cfg, control_plane=control_plane))
     if not path.exists():
         raise HerdError(f"kubeconfig {kubeconfig_path(cfg, control_plane=control_plane)} does not exist",
@@ -82,7 +79,55 @@ def client(root: HostRoot, cfg: Config, *, control_plane: bool, timeout_s: float
         import msgspec
 
         single = single._replace(cluster=msgspec.structs.replace(single.cluster, insecure=True))
-    return Client(config=single, timeout=timeout_s, trust_env=False)
+    return single
+
+
+def transport(single: Any, wrap: Callable[[Any], Any]) -> Any:
+    """``wrap(inner)`` around an ``httpx2.HTTPTransport`` that speaks the kubeconfig's TLS (its CA,
+    its client certificate), for a client that must see each request before it is sent (the
+    leader's fence: :class:`herd_agent.leader.fence.FencedTransport`). httpx ignores ``verify``
+    when a transport is given, so the TLS settings go on the inner transport here."""
+    import httpx2
+    from lightkube.config.client_adapter import verify_cluster
+
+    verify = verify_cluster(single.cluster, single.user, single.abs_file, trust_env=False)
+    return wrap(httpx2.HTTPTransport(verify=verify))
+
+
+def http_client(single: Any, wrap_transport: Callable[[Any], Any], timeout: Any = None) -> Any:
+    """An ``httpx2.Client`` for raw API requests with the kubeconfig ``single``'s base URL,
+    credentials and TLS, sending through ``wrap_transport(inner)`` (see :func:`transport`).
+
+    Args:
+        single: a lightkube ``SingleConfig`` (:func:`load_kubeconfig`).
+        timeout: an ``httpx2.Timeout``; None waits for ever on a read (watches), as client-go does
+            without ``--request-timeout``, with a 10 s connect timeout.
+    """
+    import httpx2
+    from lightkube.config.client_adapter import Client, ConnectionParams
+
+    timeout = timeout if timeout is not None else httpx2.Timeout(None, connect=10.0)
+    return Client(single, ConnectionParams(timeout=timeout, trust_env=False,
+                                           transport=transport(single, wrap_transport)))
+
+
+def client(root: HostRoot, cfg: Config, *, control_plane: bool, timeout_s: float = 10.0,
+           token: str | None = None, server: str | None = None,
+           wrap_transport: Callable[[Any], Any] | None = None) -> Any:
+    """A ``lightkube.Client``: with ``token`` (a ServiceAccount token) against ``server``, else from
+    the role's kubeconfig (:func:`load_kubeconfig`), sending through ``wrap_transport(inner)``
+    when given (see :func:`transport`).
+
+    Raises:
+        HerdError: the kubeconfig does not exist (yet) (exit 66).
+    """
+    from lightkube import Client
+
+    if token is not None and server is not None:
+        return token_client(root, cfg, token, server, timeout_s)
+    single = load_kubeconfig(root, cfg, control_plane=control_plane)
+    sender = transport(single, wrap_transport) if wrap_transport is not None else None
+    return Client(config=single, timeout=timeout_s, trust_env=False, transport=sender)
 
 
 def node_ready(node: Any) -> bool:

@@ -8,6 +8,9 @@ and carries the epoch, so a deposed leader never writes and every write names it
   and ``herd.io/leader`` (holder identity, label-safe), put on Helm release records with
   ``helm --labels`` (Helm >= 3.13 stores them on the release Secret) and on applied objects as
   annotations.
+- :class:`FencedTransport` checks again right before a write goes on the wire: under the
+  leader's own API client, and under the upstream client of the fencing proxy through which helm
+  reaches the API server (:mod:`herd_agent.leader.proxy`).
 - Every allowed write is counted and logged with its epoch (``fence: write ... epoch N``), the
   agent's side of the API server's request log.
 
@@ -22,7 +25,8 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+
+import httpx2
 
 from herd_agent.errors import ExitCode, HerdError
 from herd_agent.leader.election import Epoch
@@ -66,69 +70,78 @@ class Fence:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def check(self, what: str) -> Epoch:
-        """Allow one write described by ``what`` (e.g. ``helm upgrade apps/web``).
+        """Allow one write described by ``what`` (e.g. ``helm upgrade apps/web``), counted and logged.
 
         Returns:
             The epoch the write is made under.
         Raises:
             Deposed: not holding, or less than ``margin_s`` of the term left.
         """
-        epoch = self.epoch()
-        if epoch is None or not self.holding() or self.remaining_s() < self.margin_s:
-            with self._lock:
-                self.refused += 1
-            log.warning("fence: refused %s: not the leader (any more)", what)
-            raise Deposed(f"not the leader any more: refused {what}")
+        epoch = self._refuse_unless_leading(what, "")
         with self._lock:
             self.writes += 1
         log.info("fence: write %s under epoch %s", what, epoch)
         return epoch
 
     def recheck(self, what: str) -> None:
-        """:meth:`check` again for a write already allowed, silently when still leading.
+        """:meth:`check` again, silently, for a write already allowed or passing through (the
+        HTTP client's send, helm's requests through :mod:`herd_agent.leader.proxy`).
 
         Raises:
             Deposed: not holding, or less than ``margin_s`` of the term left.
         """
-        if self.epoch() is None or not self.holding() or self.remaining_s() < self.margin_s:
+        self._refuse_unless_leading(what, " at send")
+
+    def _refuse_unless_leading(self, what: str, where: str) -> Epoch:
+        epoch = self.epoch()
+        if epoch is None or not self.holding() or self.remaining_s() < self.margin_s:
             with self._lock:
                 self.refused += 1
-            log.warning("fence: refused %s at send: not the leader (any more)", what)
+            log.warning("fence: refused %s%s: not the leader (any more)", what, where)
             raise Deposed(f"not the leader any more: refused {what}")
+        return epoch
 
     def labels(self, epoch: Epoch) -> dict[str, str]:
         """The labels/annotations that record ``epoch`` on what is written."""
         return {EPOCH_LABEL: str(epoch.transitions), HOLDER_LABEL: label_value(epoch.holder)}
 
 
-def guard_http_writes(kube: Any, fence: Fence) -> bool:
-    """Re-check ``fence`` inside the HTTP client, right before each write request is sent.
+def is_fenced_write(method: str, path: str) -> bool:
+    """True for a request the fence must allow: every method but GET, HEAD and OPTIONS, except
+    the election's own Lease writes (``/apis/coordination.k8s.io/``), which the Lease's
+    resourceVersion already guards."""
+    return method.upper() not in ("GET", "HEAD", "OPTIONS") and "/coordination.k8s.io/" not in path
 
-    A write is checked by :meth:`Fence.check` before it is built; a process frozen (SIGSTOP, a
-    VM pause) between that check and the send would otherwise send it on waking, after another
-    leader took over. An httpx ``request`` event hook runs just before the request goes on the
-    wire, so the remaining window is httpx's own sending. Reads and the election's own Lease
-    writes (``coordination.k8s.io``) are not fenced.
+
+class FencedTransport(httpx2.BaseTransport):
+    """An httpx transport that re-checks the fence right before each write request goes on the wire.
+
+    A write is checked by :meth:`Fence.check` before it is built; a process frozen (SIGSTOP, a VM
+    pause) between that check and the send would otherwise send it on waking, after another
+    leader took over. The transport is the last step before the connection pool writes the
+    request, so what is left is the socket write itself. Reads and Lease writes pass
+    (:func:`is_fenced_write`). Used under the leader's lightkube client and under the upstream
+    client of :class:`herd_agent.leader.proxy.FencingProxy` (helm's requests).
 
     Args:
-        kube: a ``lightkube.Client`` (its httpx client is lightkube's ``_client._client``).
-        fence: the fence of the leader using ``kube``.
-    Returns:
-        True when the hook was installed (False: not a lightkube client with an httpx client).
+        inner: the transport that sends (an ``httpx2.HTTPTransport`` with the cluster's TLS).
+        recheck: ``recheck(what)``, normally :meth:`Fence.recheck`; raises :class:`Deposed`, which
+            reaches the caller of ``Client.send`` unchanged.
     """
-    http = getattr(getattr(kube, "_client", None), "_client", None)
-    if http is None or not hasattr(http, "event_hooks"):
-        return False
 
-    def hook(request: Any) -> None:
-        if request.method in ("GET", "HEAD", "OPTIONS") or "/coordination.k8s.io/" in request.url.path:
-            return
-        fence.recheck(f"{request.method} {request.url.path}")
+    def __init__(self, inner: httpx2.BaseTransport, recheck: Callable[[str], None]) -> None:
+        self.inner = inner
+        self.recheck = recheck
 
-    hooks = dict(http.event_hooks)
-    hooks["request"] = [*hooks.get("request", []), hook]
-    http.event_hooks = hooks
-    return True
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        """Re-check the fence for a write, then send through :attr:`inner`."""
+        if is_fenced_write(request.method, request.url.path):
+            self.recheck(f"{request.method} {request.url.path}")
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        """Close :attr:`inner`."""
+        self.inner.close()
 
 
 def always(epoch: Epoch) -> Fence:

@@ -139,23 +139,27 @@ def test_jitter_stays_within_client_go_bounds() -> None:
 
 
 def test_a_write_allowed_then_frozen_past_the_term_is_refused_at_send(kube_sandbox: Any) -> None:
+    from lightkube import Client, KubeConfig
     from lightkube.models.meta_v1 import ObjectMeta
     from lightkube.resources.coordination_v1 import Lease
     from lightkube.resources.core_v1 import ConfigMap
 
-    from herd_agent.leader.fence import guard_http_writes
+    from herd_agent.kube import transport
+    from herd_agent.leader.fence import FencedTransport
 
     clock = Clock()
-    a = elector(kube_sandbox, "a", clock)
+    single = KubeConfig.from_file(str(kube_sandbox.admin_kubeconfig)).get()
+    client = Client(config=single, trust_env=False,
+                    transport=transport(single, lambda inner: FencedTransport(inner, lambda w: fence.recheck(w))))
+    a = LeaderElector(client, "kube-system", "lead", "a", clock=clock)
     fence = Fence(a.holding, a.epoch, a.remaining_s)
-    assert guard_http_writes(a.client, fence)
     assert a.try_acquire_or_renew()  # the election's own Lease writes are not fenced
     fence.check("create ConfigMap default/late")
     clock.now += a.renew_deadline_s  # frozen between the check and the send, past RenewDeadline
     with pytest.raises(Deposed):
-        a.client.create(ConfigMap(metadata=ObjectMeta(name="late", namespace="default"), data={"k": "v"}))
+        client.create(ConfigMap(metadata=ObjectMeta(name="late", namespace="default"), data={"k": "v"}))
     assert kube_sandbox.find("ConfigMap", "late", "default") is None
-    assert a.client.get(Lease, "lead", namespace="kube-system").spec.holderIdentity == "a"  # reads pass
+    assert client.get(Lease, "lead", namespace="kube-system").spec.holderIdentity == "a"  # reads pass
     clock.now -= a.renew_deadline_s
-    a.client.create(ConfigMap(metadata=ObjectMeta(name="in-time", namespace="default"), data={"k": "v"}))
+    client.create(ConfigMap(metadata=ObjectMeta(name="in-time", namespace="default"), data={"k": "v"}))
     assert kube_sandbox.find("ConfigMap", "in-time", "default") is not None
