@@ -7,7 +7,7 @@
   request log (every write there carries its user).
 - ``releases_bootstrap_ratio``: the five test charts (tests/charts: CRD ← operator ← app, plus
   two independent ones) applied by the leader's DAG applier (parallelism 4, readiness checks
-  included) over the same charts applied one after another by a plain
+  included, helm through the fencing proxy) over the same charts applied one after another by a plain
   ``helm upgrade --install --wait`` loop in needs order, each on a fresh API server, same run.
 
 Prints one JSON object. Run: ``.venv/bin/python bench/leader.py [--runs N] [--helm 4]``.
@@ -60,10 +60,12 @@ def dag_apply(helm: Path, work: Path) -> float:
 
     from herd_agent.config.loader import load_config
     from herd_agent.host.fsroot import HostRoot
+    from herd_agent.kube import http_client
     from herd_agent.leader.apply import Applier
     from herd_agent.leader.election import LeaderElector
-    from herd_agent.leader.fence import Fence
+    from herd_agent.leader.fence import Fence, FencedTransport
     from herd_agent.leader.helm import Helm
+    from herd_agent.leader.proxy import FencingProxy
     from herd_agent.leader.releases import parse
     from herd_agent.leader.status import Reporter
 
@@ -76,7 +78,11 @@ def dag_apply(helm: Path, work: Path) -> float:
         root = HostRoot(work / "root")
         root.path("/").mkdir(parents=True, exist_ok=True)
         reporter = Reporter(client, fence, "kube-system", "bench", root, load_config(root), "bench")
-        h = Helm(str(helm), str(kube.admin_kubeconfig), helm_env(work / "helm-dag"))
+        # helm through the fencing proxy, as `herd-agent leader` runs it
+        single = KubeConfig.from_file(str(kube.admin_kubeconfig)).get()
+        proxy = FencingProxy(http_client(single, lambda inner: FencedTransport(inner, fence.recheck)), root,
+                             "/var/lib/herd-agent/leader")
+        h = Helm(str(helm), proxy.start(), helm_env(work / "helm-dag"))
         _ = h.major
         applier = Applier(client, h, fence, reporter, work / "values", lambda ref: "", poll_s=0.2)
         rset = parse(release_set())
@@ -85,6 +91,7 @@ def dag_apply(helm: Path, work: Path) -> float:
             out = applier.apply(rset)
         finally:
             renew()
+            proxy.stop()
         assert out.ok, out.states
         return out.seconds
 

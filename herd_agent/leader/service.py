@@ -28,7 +28,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +38,9 @@ from herd_agent.host.notify import Notifier
 from herd_agent.leader import releases as releases_mod
 from herd_agent.leader.apply import Applier
 from herd_agent.leader.election import LeaderElector
-from herd_agent.leader.fence import Deposed, Fence, guard_http_writes
+from herd_agent.leader.fence import Deposed, Fence, FencedTransport
 from herd_agent.leader.helm import Helm
+from herd_agent.leader.proxy import FencingProxy
 from herd_agent.leader.secrets import fetch_secret
 from herd_agent.leader.status import Reporter
 
@@ -63,8 +63,10 @@ def load_release_set(root: HostRoot, cfg: Config) -> releases_mod.ReleaseSet:
     return releases_mod.load(cfg.get("leader.spec") or {}, path)
 
 
-def make_helm(root: HostRoot, cfg: Config) -> Helm:
-    """helm with its cache/config/data homes under ``leader.work_dir`` and the role's kubeconfig."""
+def make_helm(root: HostRoot, cfg: Config, kubeconfig: str | None = None) -> Helm:
+    """helm with its cache/config/data homes under ``leader.work_dir``, talking to the API server
+    through ``kubeconfig`` (a host path already resolved under the root; default: the role's
+    kubeconfig, for the read-only ``plan releases`` and ``releases status``)."""
     from herd_agent.kube import kubeconfig_path
 
     work = root.path(cfg.get("leader.work_dir"))
@@ -72,7 +74,7 @@ def make_helm(root: HostRoot, cfg: Config) -> Helm:
     os.chmod(work, 0o700)
     env = {"HELM_CACHE_HOME": str(work / "helm-cache"), "HELM_CONFIG_HOME": str(work / "helm-config"),
            "HELM_DATA_HOME": str(work / "helm-data")}
-    return Helm(cfg.get("leader.helm"), str(root.path(kubeconfig_path(cfg, control_plane=True))), env)
+    return Helm(cfg.get("leader.helm"), kubeconfig or str(root.path(kubeconfig_path(cfg, control_plane=True))), env)
 
 
 def terminate_children(grace_s: float = 5.0) -> list[int]:
@@ -114,11 +116,12 @@ class LeaderService:
         identity: holder identity (default :func:`default_identity`).
         once: leave after the first full pass as leader (releasing the Lease); for bootstrap scripts.
         notifier: sd_notify sender.
-        kube_factory: ``() -> lightkube.Client`` (default: :func:`herd_agent.kube.client`).
     """
 
     def __init__(self, root: HostRoot, cfg: Config, *, identity: str | None = None, once: bool = False,
-                 notifier: Notifier | None = None, kube_factory: Callable[[], Any] | None = None) -> None:
+                 notifier: Notifier | None = None) -> None:
+        from herd_agent import kube as kube_mod
+
         self.root = root
         self.cfg = cfg
         self.identity = identity or cfg.get("leader.identity") or default_identity()
@@ -127,12 +130,10 @@ class LeaderService:
         self.stop = threading.Event()
         self.kick = threading.Event()
         self._beat = time.monotonic()
-        if kube_factory is None:
-            from herd_agent import kube as kube_mod
-
-            def kube_factory() -> Any:
-                return kube_mod.client(root, cfg, control_plane=True)
-        self.kube = kube_factory()
+        # every API write, ours and helm's, is checked against the fence again right before it is sent
+        single = kube_mod.load_kubeconfig(root, cfg, control_plane=True)
+        self.kube = kube_mod.client(root, cfg, control_plane=True, wrap_transport=self._fenced)
+        self.proxy = FencingProxy(kube_mod.http_client(single, self._fenced), root, cfg.get("leader.work_dir"))
         self.rset = load_release_set(root, cfg)
         self.helm = make_helm(root, cfg)
         self.elector = LeaderElector(self.kube, cfg.get("leader.lease_namespace"), cfg.get("leader.lease_name"),
@@ -140,10 +141,12 @@ class LeaderService:
                                      renew_deadline_s=cfg.get("leader.renew_deadline_s"),
                                      retry_period_s=cfg.get("leader.retry_period_s"))
         self.fence = Fence(self.elector.holding, self.elector.epoch, self.elector.remaining_s)
-        guard_http_writes(self.kube, self.fence)  # and again right before each API write is sent
         self.reporter = Reporter(self.kube, self.fence, cfg.get("leader.lease_namespace"),
                                  cfg.get("leader.lease_name"), root, cfg, self.identity)
         self._config_stamp = self._stamp()
+
+    def _fenced(self, inner: Any) -> FencedTransport:
+        return FencedTransport(inner, lambda what: self.fence.recheck(what))
 
     def _stamp(self) -> tuple[tuple[str, float], ...]:
         files = [str(p) for p in config_files(self.root, None)]
@@ -192,6 +195,7 @@ class LeaderService:
         """Candidate → leader → (lost: exit 75 | stopped: release, exit 0)."""
         self._signals()
         _ = self.helm.major  # fail early (exit 80) when helm is missing
+        self.helm.kubeconfig = self.proxy.start()  # helm reaches the API server only through the fence
         self.notifier.ready(f"candidate for lease {self.elector.namespace}/{self.elector.name} as {self.identity}")
         self.notifier.start_watchdog(self.healthy)
         self.reporter.write_metrics(leading=False)
@@ -207,6 +211,7 @@ class LeaderService:
         finally:
             self.notifier.stopping()
             self.notifier.stop_watchdog()
+            self.proxy.stop()
 
     def _lead(self) -> int | None:
         epoch = self.elector.epoch()
