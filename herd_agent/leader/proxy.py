@@ -154,8 +154,10 @@ class FencingProxy:
         """Relay one request from helm: check the token, fence a write right before it is sent
         upstream, stream the answer back."""
         if not self.authorized(h.headers.get("Authorization")):
+            h.close_connection = True  # its body, if any, is not read
             return h.answer(401, "Unauthorized", "the fencing proxy takes only the token of its kubeconfig")
         if h.headers.get("Upgrade"):
+            h.close_connection = True
             return h.answer(501, "NotImplemented", "the fencing proxy relays no upgraded connections")
         body = h.read_body()
         headers = [(k, v) for k, v in h.headers.items() if k.lower() not in _NOT_RELAYED]
@@ -228,6 +230,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
