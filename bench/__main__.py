@@ -118,8 +118,9 @@ FIGURES = [
            "the leader's process group is killed -9 after it applied a release; seconds from the kill to the other "
            "process's first successful non-Lease write, from the API server's request log.", goal_value=17),
     Figure("releases_bootstrap_ratio", "leader", ("releases_bootstrap_ratio",), "ratio", "< 1.0",
-           "The five test charts (CRD ← operator ← app, two independent) applied by the leader's DAG applier (helm through its fencing proxy) "
-           "(parallelism 4, readiness checks included) over the same charts applied by a plain `helm upgrade "
+           "The five test charts (CRD ← operator ← app, two independent) applied by the leader's DAG applier "
+           "(parallelism 4, readiness checks included, helm through its fencing proxy) over the same charts "
+           "applied by a plain `helm upgrade "
            "--install --wait` loop in needs order; helm 4, each on a fresh emulated API, same run.", goal_value=1.0),
     Figure("ship_deb_size_mib", "ship", ("deb_size_mib",), "MiB", "—",
            "`herd-agent_<version>_<arch>.deb` (xz) as `packaging/build-deb` makes it, in the bake test "
