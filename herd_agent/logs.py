@@ -197,7 +197,7 @@ def setup_logging(
     root.addHandler(handler)
     root.setLevel(level if isinstance(level, int) else level.upper())
     # Chatty libraries stay at WARNING unless we debug.
-    for noisy in ("botocore", "boto3", "urllib3", "httpx", "httpcore"):
+    for noisy in ("botocore", "boto3", "urllib3", "httpx", "httpcore", "httpx2", "httpcore2"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if root.level <= logging.DEBUG - 1 else logging.WARNING)
     return handler
 

@@ -146,3 +146,15 @@ def test_rate_limited_logger(caplog: pytest.LogCaptureFixture) -> None:
     assert [r.getMessage() for r in caplog.records] == ["IMDS unreachable", "IMDS unreachable (59 similar suppressed)"]
     rl.reset("imds")
     assert rl.log(logging.WARNING, "imds", "again")
+
+
+@pytest.mark.parametrize("library", ["botocore", "urllib3", "httpx2", "httpcore2"])
+def test_http_libraries_do_not_log_each_request(library: str) -> None:
+    """lightkube 1.x sends through httpx2, which logs every request at INFO ("HTTP Request: GET
+    ..."): the agent's journal would carry a line per API call."""
+    stream = io.StringIO()
+    logs.setup_logging("DEBUG", journal=False, stream=stream)
+    logging.getLogger("herd_agent.test").info("an agent line")
+    logging.getLogger(f"{library}._client").info("HTTP Request: GET https://127.0.0.1:6443/api")
+    assert "an agent line" in stream.getvalue()
+    assert "HTTP Request" not in stream.getvalue()
