@@ -98,10 +98,10 @@ class FencingProxy:
         Raises:
             HostWriteError: the kubeconfig could not be written.
         """
-        from herd_agent.etcd.pki import issue_member, new_ca
+        from herd_agent.certs import issue_certificate, new_ca
 
         ca_cert, ca_key = new_ca("herd-agent leader fencing proxy", CERT_LIFETIME_S)
-        cert, key = issue_member(ca_cert, ca_key, "localhost", "127.0.0.1", CERT_LIFETIME_S)
+        cert, key = issue_certificate(ca_cert, ca_key, "localhost", "127.0.0.1", CERT_LIFETIME_S)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.set_alpn_protocols(["http/1.1"])

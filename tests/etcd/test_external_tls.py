@@ -20,9 +20,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from herd_agent.certs import issue_certificate, new_ca
 from herd_agent.etcd.client import EtcdClient, TlsFiles
 from herd_agent.etcd.errors import EtcdUnreachable
-from herd_agent.etcd.pki import SecretsManagerCaStore, ensure_member_certificate, issue_member, new_ca, renewal_reason
+from herd_agent.etcd.pki import SecretsManagerCaStore, ensure_member_certificate, renewal_reason
 from herd_agent.etcd.settings import EtcdSettings, Identity
 from herd_agent.host.fsroot import HostRoot
 from tests.etcd.conftest import lab_settings
@@ -85,7 +86,7 @@ def test_members_demand_client_certificates(any_lab):
     other_ca, other_key = new_ca("rogue", 3600)
     rogue_dir = lab.base / "rogue"
     rogue_dir.mkdir()
-    cert, key = issue_member(other_ca, other_key, "rogue", "127.0.0.1", 3600)
+    cert, key = issue_certificate(other_ca, other_key, "rogue", "127.0.0.1", 3600)
     (rogue_dir / "c.crt").write_bytes(cert)
     (rogue_dir / "c.key").write_bytes(key)
     rogue = EtcdClient([a.client_url], tls=TlsFiles(ca=tls.ca, cert=str(rogue_dir / "c.crt"),
@@ -145,7 +146,7 @@ def test_joiner_without_ca_is_refused_clearly(tmp_path, moto_ec2):
 
 def test_renewal_reasons():
     ca, ca_key = new_ca("ca", 86400)
-    cert, _ = issue_member(ca, ca_key, "i-1", "10.0.0.5", 300)
+    cert, _ = issue_certificate(ca, ca_key, "i-1", "10.0.0.5", 300)
     c = x509.load_pem_x509_certificate(cert)
     start, end = c.not_valid_before_utc.timestamp(), c.not_valid_after_utc.timestamp()
     third = (end - start) / 3
