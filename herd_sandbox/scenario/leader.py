@@ -11,8 +11,11 @@ Lease timings, its own API identity ``leader-<label>`` and the real helm 3 or 4)
    killed -9 (its whole process group, helm included) while the release is ``pending-upgrade``;
    a new leader takes over, rolls the pending release back and upgrades it (a Node gets the label);
 5. a config change upgrades exactly the changed release (``metrics``);
-6. the leader is frozen (SIGSTOP) past its Lease, another takes over, the config changes, the
-   frozen one is woken (SIGCONT): it writes nothing and exits 75;
+6. a config change makes ``shop``'s upgrade wait again; the leader process alone is frozen
+   (SIGSTOP) while its helm child waits, past its Lease; another takes over and recovers the
+   release; a Node gets the label, so the old helm's wait ends and it goes on to write (into the
+   frozen leader's fencing proxy); the frozen one is woken (SIGCONT): neither it nor its helm
+   writes anything, and it exits 75;
 7. the candidates stop (SIGTERM): the leader releases the Lease.
 
 Checks read the emulator's own state and its request log, where every write carries the Lease
@@ -343,36 +346,50 @@ def change_one_release(timeout: float = 90) -> Step:
     return Step("a config change upgrades exactly the changed release", run)
 
 
+GREEN = {"herd.io/test-zone": "green"}  # a label no Node has until the deposed-leader step adds it
+
+
 def deposed_leader_wakes(timeout: float = 90) -> Step:
-    """SIGSTOP the leader past its Lease; another takes over; SIGCONT: the old one writes nothing."""
+    """Freeze the leader (its process alone) while its helm upgrade waits; another takes over and
+    recovers the release; helm's wait ends; SIGCONT: the old leader and its helm write nothing."""
     def run(ctx: Context) -> None:
         c, ld = ctx.cluster, _state(ctx)
         old, epoch = ld.holder()
         before = _revisions(c)
-        ld.signal_group(old, signal.SIGSTOP)
+        # shop's upgrade waits for a Node labelled green: the leader's helm child is mid-command
+        ld.write_config(leader_spec(ctx.cluster.name, shop_message="v3", shop_selector=GREEN, metrics_replicas=2))
+        ctx.wait(lambda: _latest_status(c, "apps", "shop") == "pending-upgrade", 60,
+                 "shop's upgrade to v3 running (pending-upgrade)", interval=0.05)
+        os.kill(ld.procs[old].pid, signal.SIGSTOP)  # the leader only: its helm child keeps waiting
         t_stop = time.time()
-        ctx.say(f"froze leader {old} (epoch {epoch}) with SIGSTOP")
+        ctx.say(f"froze leader {old} (epoch {epoch}) with SIGSTOP while its helm waits on shop's upgrade")
         new = ctx.wait(lambda: (h := ld.holder()[0]) not in (None, old) and h, 60, "a new leader")
         t_new = time.time()
         ctx.say(f"{new} took over after {t_new - t_stop:.1f} s (epoch {ld.holder()[1]})")
-        ld.write_config(leader_spec(ctx.cluster.name, shop_message="v3", shop_selector={"herd.io/test-pool": "blue"},
-                                    metrics_replicas=2))
-        ld.signal_group(old, signal.SIGCONT)
-        ctx.say(f"woke {old} with SIGCONT while the config changed")
+
+        def green(node: dict[str, Any]) -> None:
+            node["metadata"].setdefault("labels", {}).update(GREEN)
+
+        for node in c.kube.list("Node"):  # both helms' waits can end now: the old one goes on to write
+            c.kube.modify("Node", node["metadata"]["name"], green)
+        ctx.wait(lambda: ((c.kube.find("ConfigMap", "shop-config", "apps") or {}).get("data") or {}).get("message")
+                 == "v3" and _latest_status(c, "apps", "shop") == "deployed", timeout,
+                 "the new leader recovering shop and applying v3")
+        os.kill(ld.procs[old].pid, signal.SIGCONT)
+        ctx.say(f"woke {old} with SIGCONT")
         rc = ctx.wait(lambda: ld.procs[old].poll() is not None and str(ld.procs[old].returncode), 30,
                       "the deposed leader noticing and exiting")
         ld.deposed = {"identity": old, "t_stop": t_stop, "t_new": t_new,  # type: ignore[attr-defined]
                       "rc": int(rc)}
-        ctx.wait(lambda: ((c.kube.find("ConfigMap", "shop-config", "apps") or {}).get("data") or {}).get("message")
-                 == "v3" and _latest_status(c, "apps", "shop") == "deployed", timeout,
-                 "the new leader applying the change")
         after = _revisions(c)
         changed = {k: after[k] - before[k] for k in after if after[k] != before[k]}
-        if changed != {"apps/shop": 1}:  # a new leader leads with the config on disk, never an older one
-            raise StepFailed(f"new revisions after the takeover: {changed} (expected apps/shop +1 only)")
-        ctx.say(f"{old} exited {rc}; the change was applied by {new} (apps/shop +1 revision, nothing else)")
+        # shop: the frozen leader's pending revision, the new leader's rollback of it, its upgrade
+        if changed != {"apps/shop": 3}:
+            raise StepFailed(f"new revisions: {changed} (expected apps/shop +3: pending, rollback, upgrade)")
+        statuses = [r["metadata"]["labels"]["status"] for r in _records(c, "apps", "shop")][-3:]
+        ctx.say(f"{old} exited {rc}; {new} rolled shop back and applied v3 (last revisions: {', '.join(statuses)})")
 
-    return Step("a deposed leader woken after SIGSTOP past its Lease writes nothing", run)
+    return Step("a leader frozen mid `helm upgrade` past its Lease wakes and writes nothing, nor does its helm", run)
 
 
 def stop_leaders() -> Step:
