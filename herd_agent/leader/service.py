@@ -3,7 +3,8 @@
 Life of the process (``herd-agent-leader.service``, Type=notify, watchdog):
 
 1. Load the config and the release set (a bad one is a config error, exit 78, before any write);
-   ask helm its version; ``READY=1``.
+   ask helm its version; start the fencing proxy helm will talk through
+   (:mod:`herd_agent.leader.proxy`); ``READY=1``.
 2. Candidate: :meth:`LeaderElector.acquire`: a watch on the Lease, a try when the observed record
    expires on our clock (every jittered RetryPeriod while the watch is down).
 3. Leader: a renew thread keeps the Lease; the applier runs a pass, then waits
@@ -63,10 +64,10 @@ def load_release_set(root: HostRoot, cfg: Config) -> releases_mod.ReleaseSet:
     return releases_mod.load(cfg.get("leader.spec") or {}, path)
 
 
-def make_helm(root: HostRoot, cfg: Config, kubeconfig: str | None = None) -> Helm:
-    """helm with its cache/config/data homes under ``leader.work_dir``, talking to the API server
-    through ``kubeconfig`` (a host path already resolved under the root; default: the role's
-    kubeconfig, for the read-only ``plan releases`` and ``releases status``)."""
+def make_helm(root: HostRoot, cfg: Config) -> Helm:
+    """helm with its cache/config/data homes under ``leader.work_dir`` and the role's kubeconfig
+    (``plan releases`` and ``releases status`` read with it; :class:`LeaderService` points it at its
+    fencing proxy instead)."""
     from herd_agent.kube import kubeconfig_path
 
     work = root.path(cfg.get("leader.work_dir"))
@@ -74,7 +75,7 @@ def make_helm(root: HostRoot, cfg: Config, kubeconfig: str | None = None) -> Hel
     os.chmod(work, 0o700)
     env = {"HELM_CACHE_HOME": str(work / "helm-cache"), "HELM_CONFIG_HOME": str(work / "helm-config"),
            "HELM_DATA_HOME": str(work / "helm-data")}
-    return Helm(cfg.get("leader.helm"), kubeconfig or str(root.path(kubeconfig_path(cfg, control_plane=True))), env)
+    return Helm(cfg.get("leader.helm"), str(root.path(kubeconfig_path(cfg, control_plane=True))), env)
 
 
 def terminate_children(grace_s: float = 5.0) -> list[int]:
