@@ -111,12 +111,19 @@ def http_client(single: Any, wrap_transport: Callable[[Any], Any], timeout: Any 
                                            transport=transport(single, wrap_transport)))
 
 
+def fenced_client(single: Any, wrap_transport: Callable[[Any], Any], timeout_s: float = 10.0) -> Any:
+    """A ``lightkube.Client`` for the kubeconfig ``single`` (:func:`load_kubeconfig`) that sends
+    through ``wrap_transport(inner)`` (see :func:`transport`): the leader's API client, whose
+    every write the fence sees right before it is sent."""
+    from lightkube import Client
+
+    return Client(config=single, timeout=timeout_s, trust_env=False, transport=transport(single, wrap_transport))
+
+
 def client(root: HostRoot, cfg: Config, *, control_plane: bool, timeout_s: float = 10.0,
-           token: str | None = None, server: str | None = None,
-           wrap_transport: Callable[[Any], Any] | None = None) -> Any:
+           token: str | None = None, server: str | None = None) -> Any:
     """A ``lightkube.Client``: with ``token`` (a ServiceAccount token) against ``server``, else from
-    the role's kubeconfig (:func:`load_kubeconfig`), sending through ``wrap_transport(inner)``
-    when given (see :func:`transport`).
+    the role's kubeconfig (:func:`load_kubeconfig`).
 
     Raises:
         HerdError: the kubeconfig does not exist (yet) (exit 66).
@@ -125,9 +132,8 @@ def client(root: HostRoot, cfg: Config, *, control_plane: bool, timeout_s: float
 
     if token is not None and server is not None:
         return token_client(root, cfg, token, server, timeout_s)
-    single = load_kubeconfig(root, cfg, control_plane=control_plane)
-    sender = transport(single, wrap_transport) if wrap_transport is not None else None
-    return Client(config=single, timeout=timeout_s, trust_env=False, transport=sender)
+    return Client(config=load_kubeconfig(root, cfg, control_plane=control_plane), timeout=timeout_s,
+                  trust_env=False)
 
 
 def node_ready(node: Any) -> bool:

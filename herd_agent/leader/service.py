@@ -133,7 +133,7 @@ class LeaderService:
         self._beat = time.monotonic()
         # every API write, ours and helm's, is checked against the fence again right before it is sent
         single = kube_mod.load_kubeconfig(root, cfg, control_plane=True)
-        self.kube = kube_mod.client(root, cfg, control_plane=True, wrap_transport=self._fenced)
+        self.kube = kube_mod.fenced_client(single, self._fenced)
         self.proxy = FencingProxy(kube_mod.http_client(single, self._fenced), root, cfg.get("leader.work_dir"))
         self.rset = load_release_set(root, cfg)
         self.helm = make_helm(root, cfg)

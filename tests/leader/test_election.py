@@ -139,18 +139,17 @@ def test_jitter_stays_within_client_go_bounds() -> None:
 
 
 def test_a_write_allowed_then_frozen_past_the_term_is_refused_at_send(kube_sandbox: Any) -> None:
-    from lightkube import Client, KubeConfig
+    from lightkube import KubeConfig
     from lightkube.models.meta_v1 import ObjectMeta
     from lightkube.resources.coordination_v1 import Lease
     from lightkube.resources.core_v1 import ConfigMap
 
-    from herd_agent.kube import transport
+    from herd_agent.kube import fenced_client
     from herd_agent.leader.fence import FencedTransport
 
     clock = Clock()
     single = KubeConfig.from_file(str(kube_sandbox.admin_kubeconfig)).get()
-    client = Client(config=single, trust_env=False,
-                    transport=transport(single, lambda inner: FencedTransport(inner, lambda w: fence.recheck(w))))
+    client = fenced_client(single, lambda inner: FencedTransport(inner, lambda w: fence.recheck(w)))
     a = LeaderElector(client, "kube-system", "lead", "a", clock=clock)
     fence = Fence(a.holding, a.epoch, a.remaining_s)
     assert a.try_acquire_or_renew()  # the election's own Lease writes are not fenced
