@@ -79,9 +79,7 @@ class FencingProxy:
         self.token = secrets.token_urlsafe(32)
         register_secret(self.token)
         self.refused = 0
-        self.relayed = 0
         self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     @property
@@ -116,9 +114,8 @@ class FencingProxy:
                "users": [{"name": "herd-leader", "user": {"token": self.token}}],
                "contexts": [{"name": "herd-leader", "context": {"cluster": "herd-leader", "user": "herd-leader"}}]}
         self.root.write(self.kubeconfig, yaml.safe_dump(doc), mode=0o600, only_if_changed=False)
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
-                                        name="fencing-proxy", daemon=True)
-        self._thread.start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5}, name="fencing-proxy",
+                         daemon=True).start()
         log.info("fencing proxy for helm on 127.0.0.1:%d", self.port)
         return str(self.root.path(self.kubeconfig))
 
@@ -173,8 +170,6 @@ class FencingProxy:
                                               "another leader recovers the release)")
         except httpx2.HTTPError as exc:
             return h.answer(502, "InternalError", f"herd-agent fencing proxy: the API server did not answer: {exc}")
-        with self._lock:
-            self.relayed += 1
         try:
             h.stream(response)
         finally:
@@ -266,4 +261,3 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             with contextlib.suppress(OSError):
                 self.request.close()
-
