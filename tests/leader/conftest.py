@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,6 +49,17 @@ class Leader:
     root: HostRoot
 
 
+def agent_env() -> dict[str, str]:
+    """This process's environment without AWS, herd-agent or systemd settings, for an agent process."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HERD_", "NOTIFY_SOCKET"))}
+
+
+def helm_env(work: Path) -> dict[str, str]:
+    """helm's homes (cache, config, data, HOME) under ``work``, away from the user's."""
+    return {"HELM_CACHE_HOME": str(work / "cache"), "HELM_CONFIG_HOME": str(work / "config"),
+            "HELM_DATA_HOME": str(work / "data"), "HOME": str(work)}
+
+
 def make_leader(kube_sandbox: Any, helm_binary: Path, tmp_path: Path, identity: str = "cp-1") -> Leader:
     """Build and elect one leader (it holds the Lease on return)."""
     root = HostRoot(tmp_path / identity)
@@ -59,9 +71,7 @@ def make_leader(kube_sandbox: Any, helm_binary: Path, tmp_path: Path, identity: 
     threading.Thread(target=elector.renew, args=(RENEWERS_STOP,), daemon=True).start()  # keeps the Lease
     fence = Fence(elector.holding, elector.epoch, elector.remaining_s)
     work = tmp_path / identity / "helm"
-    helm = Helm(str(helm_binary), str(kube_sandbox.admin_kubeconfig),
-                {"HELM_CACHE_HOME": str(work / "cache"), "HELM_CONFIG_HOME": str(work / "config"),
-                 "HELM_DATA_HOME": str(work / "data"), "HOME": str(work)})
+    helm = Helm(str(helm_binary), str(kube_sandbox.admin_kubeconfig), helm_env(work))
     reporter = Reporter(kube, fence, "kube-system", "herd-agent-leader", root, cfg, identity)
     return Leader(kube, elector, fence, helm, reporter, root)
 

@@ -4,7 +4,6 @@ against the emulated API server with the real helm."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,15 +12,14 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import spec
+from .conftest import agent_env, spec
 
 pytestmark = pytest.mark.allow_subprocess
 
 
 def agent(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HERD_", "NOTIFY_SOCKET"))}
     return subprocess.run([sys.executable, "-m", "herd_agent", "--root", str(root), *args],  # noqa: S603
-                          capture_output=True, text=True, timeout=300, env=env)
+                          capture_output=True, text=True, timeout=300, env=agent_env())
 
 
 def setup_root(root: Path, kubeconfig: Path, helm: Path, leader_spec: dict[str, Any]) -> None:

@@ -21,7 +21,8 @@ from herd_agent.leader.election import LeaderElector
 from herd_agent.leader.fence import Deposed, FencedTransport
 from herd_agent.leader.proxy import FencingProxy
 
-from .conftest import CHARTS, RENEWERS_STOP, lease_client
+from .conftest import CHARTS, RENEWERS_STOP, agent_env, helm_env, lease_client
+from .test_apply_helm import release_secrets
 
 pytestmark = pytest.mark.allow_subprocess
 
@@ -54,17 +55,14 @@ def start_proxy(kube_sandbox: Any, tmp_path: Path, gate: Gate) -> FencingProxy:
 
 
 def helm(binary: Path, kubeconfig: Path, work: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(work), "HELM_CACHE_HOME": str(work / "cache"),
-           "HELM_CONFIG_HOME": str(work / "config"), "HELM_DATA_HOME": str(work / "data")}
     return subprocess.run([str(binary), *args, "--kubeconfig", str(kubeconfig)],  # noqa: S603
-                          capture_output=True, text=True, timeout=180, env=env)
+                          capture_output=True, text=True, timeout=180,
+                          env={**helm_env(work), "PATH": os.environ.get("PATH", "")})
 
 
-def records(kube_sandbox: Any, namespace: str, name: str) -> list[dict[str, Any]]:
-    """The release's helm records (Secrets), oldest revision first."""
-    found = kube_sandbox.list("Secret", namespace, where=lambda s: s.get("type") == "helm.sh/release.v1" and
-                              (s["metadata"].get("labels") or {}).get("name") == name)
-    return sorted(found, key=lambda s: int(s["metadata"]["labels"]["version"]))
+def shop_statuses(kube_sandbox: Any) -> list[str]:
+    """The status of each of ``apps/shop``'s helm records, oldest revision first."""
+    return [r["metadata"]["labels"]["status"] for r in release_secrets(kube_sandbox, "apps", "shop")]
 
 
 def test_helm_installs_and_waits_through_the_proxy_and_a_refused_write_changes_nothing(
@@ -83,7 +81,7 @@ def test_helm_installs_and_waits_through_the_proxy_and_a_refused_write_changes_n
         out = helm(helm_binary, kubeconfig, tmp_path, "upgrade", "--install", "shop", str(CHARTS / "shop"),
                    "--namespace", "apps", "--create-namespace", *wait, "--timeout", "60s")
         assert out.returncode == 0, out.stderr[-2000:]
-        assert [r["metadata"]["labels"]["status"] for r in records(kube_sandbox, "apps", "shop")] == ["deployed"]
+        assert shop_statuses(kube_sandbox) == ["deployed"]
         assert any(w.startswith("POST ") for w in gate.checked)  # helm's writes went through the fence
         assert kube_sandbox.find("Deployment", "shop", "apps") is not None
 
@@ -94,7 +92,7 @@ def test_helm_installs_and_waits_through_the_proxy_and_a_refused_write_changes_n
         assert out.returncode != 0
         assert "not the leader any more" in out.stderr, out.stderr[-2000:]
         assert kube_sandbox.server.request_log[writes_before:] == []  # nothing reached the API server
-        assert [r["metadata"]["labels"]["status"] for r in records(kube_sandbox, "apps", "shop")] == ["deployed"]
+        assert shop_statuses(kube_sandbox) == ["deployed"]
         assert proxy.refused >= 1
 
         reads = helm(helm_binary, kubeconfig, tmp_path, "status", "shop", "--namespace", "apps", "-o", "json")
@@ -152,13 +150,12 @@ def test_a_leader_frozen_mid_helm_wait_wakes_and_nothing_its_helm_sends_is_writt
     (root / "etc/herd-agent/config.yaml").write_text(yaml.safe_dump({
         "kube": {"kubeconfig": "/etc/herd-agent/kubeconfig"},
         "leader": {"helm": str(helm_binary), "spec": {"releases": [release]}}}))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HERD_", "NOTIFY_SOCKET"))}
     log_file = (tmp_path / "leader.log").open("w")
     leader = subprocess.Popen([sys.executable, "-m", "herd_agent", "--root", str(root), "leader",  # noqa: S603
-                               "--identity", "a"], stdout=log_file, stderr=subprocess.STDOUT, env=env)
+                               "--identity", "a"], stdout=log_file, stderr=subprocess.STDOUT,
+                              env=agent_env())
     try:
-        kube_sandbox.wait_for(lambda: [r["metadata"]["labels"]["status"] for r in records(kube_sandbox, "apps", "shop")]
-                              == ["pending-install"], timeout=120)
+        kube_sandbox.wait_for(lambda: shop_statuses(kube_sandbox) == ["pending-install"], timeout=120)
         os.kill(leader.pid, signal.SIGSTOP)  # the leader only: its helm child goes on waiting
         other = LeaderElector(lease_client(kube_sandbox.admin_kubeconfig), "kube-system", "herd-agent-leader", "b")
         assert other.acquire(threading.Event())
@@ -171,7 +168,7 @@ def test_a_leader_frozen_mid_helm_wait_wakes_and_nothing_its_helm_sends_is_writt
         kube_sandbox.modify("Node", "node-a", blue)  # shop can run now: helm's wait ends, helm writes
         # Either helm's write landed (no fence between helm and the API) or what helm sends
         # waits, unread, at the frozen leader.
-        kube_sandbox.wait_for(lambda: records(kube_sandbox, "apps", "shop")[-1]["metadata"]["labels"]["status"]
+        kube_sandbox.wait_for(lambda: shop_statuses(kube_sandbox)[-1]
                               != "pending-install" or unread_bytes(leader.pid), timeout=120)
         os.kill(leader.pid, signal.SIGCONT)
         assert leader.wait(timeout=60) == 75
@@ -184,4 +181,4 @@ def test_a_leader_frozen_mid_helm_wait_wakes_and_nothing_its_helm_sends_is_writt
     late = [e for e in kube_sandbox.server.request_log if e["user"] == "leader-a" and e["t"] > t_new
             and e["code"] and e["code"] < 300]
     assert late == [], (tmp_path / "leader.log").read_text()[-3000:]
-    assert [r["metadata"]["labels"]["status"] for r in records(kube_sandbox, "apps", "shop")] == ["pending-install"]
+    assert shop_statuses(kube_sandbox) == ["pending-install"]

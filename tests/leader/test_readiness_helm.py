@@ -18,17 +18,15 @@ from herd_agent.leader.apply import Applier
 from herd_agent.leader.readiness import kube_lookup, object_ready, release_ready
 from herd_agent.leader.releases import parse
 
-from .conftest import CHARTS, lease_client, make_leader, spec
+from .conftest import CHARTS, helm_env, lease_client, make_leader, spec
 from .test_apply_helm import _no_secrets, release_secrets
 
 pytestmark = pytest.mark.allow_subprocess
 
 
 def helm(helm_binary: Path, kube_sandbox: Any, tmp_path: Path, *args: str) -> str:
-    env = {"HELM_CACHE_HOME": str(tmp_path / "cache"), "HELM_CONFIG_HOME": str(tmp_path / "config"),
-           "HELM_DATA_HOME": str(tmp_path / "data"), "HOME": str(tmp_path)}
     out = subprocess.run([str(helm_binary), *args, "--kubeconfig", str(kube_sandbox.admin_kubeconfig)],  # noqa: S603
-                         env=env, capture_output=True, text=True, timeout=120)
+                         env=helm_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return out.stdout
 
