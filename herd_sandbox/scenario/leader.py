@@ -179,6 +179,15 @@ def _revisions(c: ScenarioCluster) -> dict[str, int]:
     return {f"{ns}/{n}": len(_records(c, ns, n)) for ns, n in RELEASES}
 
 
+def _label_nodes(c: ScenarioCluster, labels: dict[str, str]) -> None:
+    """Add ``labels`` to every Node (pods with a matching nodeSelector can then be scheduled)."""
+    def add(node: dict[str, Any]) -> None:
+        node["metadata"].setdefault("labels", {}).update(labels)
+
+    for node in c.kube.list("Node"):
+        c.kube.modify("Node", node["metadata"]["name"], add)
+
+
 def _state(ctx: Context) -> Leaders:
     return ctx.state["leaders"]
 
@@ -292,11 +301,7 @@ def kill_mid_upgrade(timeout: float = 120) -> Step:
         t_kill = time.time()
         ld.kill = {"identity": old, "t": t_kill, "epoch": epoch}  # type: ignore[attr-defined]
         ctx.say(f"killed -9 leader {old} (epoch {epoch}) and its helm while shop is pending-upgrade", "scenario")
-        def label(node: dict[str, Any]) -> None:
-            node["metadata"].setdefault("labels", {}).update(selector)
-
-        for node in c.kube.list("Node"):  # the new leader's upgrade can now schedule its pods
-            c.kube.modify("Node", node["metadata"]["name"], label)
+        _label_nodes(c, selector)  # the new leader's upgrade can now schedule its pods
         new = ctx.wait(lambda: (h := ld.holder()[0]) not in (None, old) and h, 60, "a new leader")
         took = time.time() - t_kill
         first = ctx.wait(lambda: next((e for e in c.kube.server.request_log if e["t"] > t_kill and
@@ -366,12 +371,7 @@ def deposed_leader_wakes(timeout: float = 90) -> Step:
         new = ctx.wait(lambda: (h := ld.holder()[0]) not in (None, old) and h, 60, "a new leader")
         t_new = time.time()
         ctx.say(f"{new} took over after {t_new - t_stop:.1f} s (epoch {ld.holder()[1]})")
-
-        def green(node: dict[str, Any]) -> None:
-            node["metadata"].setdefault("labels", {}).update(GREEN)
-
-        for node in c.kube.list("Node"):  # both helms' waits can end now: the old one goes on to write
-            c.kube.modify("Node", node["metadata"]["name"], green)
+        _label_nodes(c, GREEN)  # both helms' waits can end now: the old one goes on to write
         ctx.wait(lambda: ((c.kube.find("ConfigMap", "shop-config", "apps") or {}).get("data") or {}).get("message")
                  == "v3" and _latest_status(c, "apps", "shop") == "deployed", timeout,
                  "the new leader recovering shop and applying v3")
