@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 from botocore.exceptions import ClientError
 
-from herd_sandbox.aws.lifecycle import ManualClock
+from herd_sandbox.aws.lifecycle import PROCEED_DELAY_S, ManualClock
 from herd_sandbox.aws.region import Hook, Region
 
 LAUNCH = Hook("launch", "launching", heartbeat_timeout=3600, default_result="ABANDON")
@@ -118,16 +118,22 @@ def test_abandon_on_launch_terminates_and_replaces(aws_region: Region, group: Ca
     assert asg_state(aws_region, replacement) == "Pending:Wait"
 
 
-def test_scale_in_waits_in_terminating_wait(aws_region: Region, group: Callable[..., list[str]]) -> None:
-    a, b = group("workers", 2, hooks=(TERMINATE,))
-    aws_region.scale("workers", 1)
-    states = group_states(aws_region, "workers")
+def test_scale_in_waits_in_terminating_wait(make_aws_region: Callable[..., Region]) -> None:
+    # A step-controlled clock: the Terminating:Proceed delay (PROCEED_DELAY_S, scaled) passes
+    # only when the test advances it, however slow the machine is between two calls.
+    clock = ManualClock()
+    region: Region = make_aws_region(time_factor=0.01, clock=clock)
+    region.create_launch_template("workers-lt")
+    region.create_group("workers", "workers-lt", desired=2, max_size=6, hooks=[TERMINATE])
+    a, b = region.group_instances("workers")
+    region.scale("workers", 1)
+    states = group_states(region, "workers")
     (leaving,) = [i for i, s in states.items() if s == "Terminating:Wait"]
     staying = b if leaving == a else a
     assert states[staying] == "InService"
-    assert aws_region.ec2_state(leaving) == "running"
+    assert region.ec2_state(leaving) == "running"
 
-    asg = aws_region.client("autoscaling", instance_id=leaving)
+    asg = region.client("autoscaling", instance_id=leaving)
     asg.complete_lifecycle_action(
         AutoScalingGroupName="workers",
         LifecycleHookName="terminate",
@@ -135,11 +141,16 @@ def test_scale_in_waits_in_terminating_wait(aws_region: Region, group: Callable[
         LifecycleActionResult="CONTINUE",
     )
     # The transition takes time, as on AWS: the instance keeps running in Terminating:Proceed.
-    assert aws_region.lifecycle_state(leaving) == "Terminating:Proceed"
-    assert aws_region.ec2_state(leaving) == "running"
-    aws_region.wait_for_state(leaving, "Terminated")
-    assert aws_region.ec2_state(leaving) == "terminated"
-    assert group_states(aws_region, "workers") == {staying: "InService"}
+    assert region.lifecycle_state(leaving) == "Terminating:Proceed"
+    assert region.ec2_state(leaving) == "running"
+    clock.advance(region.scaled(PROCEED_DELAY_S) - 0.01)
+    region.run_timers()
+    assert region.lifecycle_state(leaving) == "Terminating:Proceed"
+    clock.advance(0.02)
+    region.run_timers()
+    assert region.lifecycle_state(leaving) == "Terminated"
+    assert region.ec2_state(leaving) == "terminated"
+    assert group_states(region, "workers") == {staying: "InService"}
 
 
 def test_terminate_instance_in_group_with_replacement(aws_region: Region, group: Callable[..., list[str]]) -> None:
