@@ -288,20 +288,23 @@ def plan_writes_nothing() -> Step:
     return Step("`herd-agent plan releases` shows the change and writes nothing", run)
 
 
+BLUE = {"herd.io/test-pool": "blue"}  # a label no Node has until the kill step adds it
+GREEN = {"herd.io/test-zone": "green"}  # a label no Node has until the deposed-leader step adds it
+
+
 def kill_mid_upgrade(timeout: float = 120) -> Step:
     """Kill -9 the leader while shop is pending-upgrade; a new leader recovers and finishes."""
     def run(ctx: Context) -> None:
         c, ld = ctx.cluster, _state(ctx)
         old, epoch = ld.holder()
-        selector = {"herd.io/test-pool": "blue"}
-        ld.write_config(leader_spec(ctx.cluster.name, shop_message="v2", shop_selector=selector))
+        ld.write_config(leader_spec(ctx.cluster.name, shop_message="v2", shop_selector=BLUE))
         ctx.wait(lambda: _latest_status(c, "apps", "shop") == "pending-upgrade", 60,
                  "shop's upgrade running (pending-upgrade)", interval=0.05)
         ld.signal_group(old, signal.SIGKILL)
         t_kill = time.time()
         ld.kill = {"identity": old, "t": t_kill, "epoch": epoch}  # type: ignore[attr-defined]
         ctx.say(f"killed -9 leader {old} (epoch {epoch}) and its helm while shop is pending-upgrade", "scenario")
-        _label_nodes(c, selector)  # the new leader's upgrade can now schedule its pods
+        _label_nodes(c, BLUE)  # the new leader's upgrade can now schedule its pods
         new = ctx.wait(lambda: (h := ld.holder()[0]) not in (None, old) and h, 60, "a new leader")
         took = time.time() - t_kill
         first = ctx.wait(lambda: next((e for e in c.kube.server.request_log if e["t"] > t_kill and
@@ -333,7 +336,7 @@ def change_one_release(timeout: float = 90) -> Step:
     def run(ctx: Context) -> None:
         c, ld = ctx.cluster, _state(ctx)
         before = _revisions(c)
-        ld.write_config(leader_spec(ctx.cluster.name, shop_message="v2", shop_selector={"herd.io/test-pool": "blue"},
+        ld.write_config(leader_spec(ctx.cluster.name, shop_message="v2", shop_selector=BLUE,
                                     metrics_replicas=2))
 
         def done() -> bool:
@@ -349,9 +352,6 @@ def change_one_release(timeout: float = 90) -> Step:
         ctx.say("only monitoring/metrics got a new revision")
 
     return Step("a config change upgrades exactly the changed release", run)
-
-
-GREEN = {"herd.io/test-zone": "green"}  # a label no Node has until the deposed-leader step adds it
 
 
 def deposed_leader_wakes(timeout: float = 90) -> Step:
