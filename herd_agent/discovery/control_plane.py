@@ -34,7 +34,7 @@ Answers are bounded: at most 64 KiB read per response.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -251,6 +251,7 @@ def healthy_endpoint(
     ec2: Any = None,
     check: Callable[[Candidate], bool] | None = None,
     sleep: Callable[[float], None] | None = None,
+    exclude: Collection[str] = (),
 ) -> Endpoint:
     """Decide the control plane to use (the module docstring's rules), retrying with backoff.
 
@@ -270,6 +271,8 @@ def healthy_endpoint(
         ec2: EC2 client for the lookup (tests: a Stubber-wrapped one).
         check: health check override (tests); default a :class:`Prober`.
         sleep: tenacity's sleep (tests pass a no-op).
+        exclude: private IPs never to choose (e.g. a control plane whose etcd stopped answering
+            mid-join: it is leaving).
 
     Raises:
         NoControlPlaneError: none healthy after all rounds (exit 69); lists what was seen.
@@ -302,7 +305,7 @@ def healthy_endpoint(
         prober.token = token() if token else None
         waiting_for_token = False
         seen = describe_control_planes(me, cfg, ec2=ec2)
-        found = choose(seen, check or prober, me.availability_zone)
+        found = choose([c for c in seen if c.ip not in exclude], check or prober, me.availability_zone)
         if found is None:
             raise NoControlPlaneError("none healthy yet")
         if require_secure and not (prober.token and prober.token.secure):

@@ -173,6 +173,11 @@ class Tokens:
             ctx.root.write(SERVER_CA_FILE, ctx.endpoint.ca_pem, mode=0o644)
 
 
+ETCD_PEER_TRIES = 3
+"""Control planes an external-etcd join tries, one after another, when the etcd it joins
+through stops answering."""
+
+
 class Etcd:
     """External etcd (control planes): found the cluster, or join as a learner and promote."""
 
@@ -198,14 +203,39 @@ class Etcd:
         if ctx.state.founder:
             ctx.act("etcd: found a new cluster", me.found)
             return
+        from herd_agent.etcd.errors import EtcdUnreachable
         from herd_agent.etcd.gc import Ec2InstanceOracle
 
-        # Only through the control plane discovery verified (its CA matched the token): another
+        # Only through a control plane discovery verified (its CA matched the token): another
         # tagged instance may run an etcd of its own (a failed founder's, or a rogue's).
         via = ctx.endpoint.chosen.ip if ctx.endpoint else str(ctx.state.endpoint_ip)
-        peers = [settings.client_url(via)]
         oracle = Ec2InstanceOracle(ctx.ident.region, client=ctx.clients("ec2"), autoscaling=ctx.clients("autoscaling"))
-        ctx.act(f"etcd: join as learner through {', '.join(peers)}, then promote", lambda: me.join(peers, oracle))
+        tried: list[str] = []
+        while True:
+            peers = [settings.client_url(via)]
+            try:
+                ctx.act(f"etcd: join as learner through {', '.join(peers)}, then promote",
+                        lambda p=peers: me.join(p, oracle))  # type: ignore[misc]
+                return
+            except EtcdUnreachable as exc:
+                # The control plane we came through may be leaving (a replacement boots while the
+                # instance it replaces drains): its k3s answered discovery, then its etcd stopped
+                # before our join reached it. Join through another verified one; the join is
+                # resumable (it removes a half-added member of ours before adding again).
+                tried.append(via)
+                if len(tried) >= ETCD_PEER_TRIES:
+                    raise
+                log.warning("etcd at %s did not answer (%s); looking for another control plane to join through",
+                            via, exc)
+                via = self._another_control_plane(ctx, tried)
+
+    @staticmethod
+    def _another_control_plane(ctx: JoinContext, tried: list[str]) -> str:
+        """A healthy control plane other than ``tried`` (IPs), verified against the CA pinned at
+        discovery. Raises NoControlPlaneError or CaMismatchError (discovery's own errors)."""
+        ca = ctx.endpoint.ca_pem if ctx.endpoint else control_plane.pinned_ca(ctx.root)
+        return control_plane.healthy_endpoint(ctx.ident, ctx.cfg, ca_pem=ca, check=ctx.check,
+                                              ec2=ctx.clients("ec2"), exclude=tried).chosen.ip
 
 
 class K3sConfig:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import boto3
+import pytest
 from botocore.stub import ANY, Stubber
 
 from herd_agent.config import load_config
@@ -113,3 +114,57 @@ def test_a_takeover_founder_replaces_the_tokens_once(tmp_path: Path) -> None:
         steps.Tokens().run(ctx)
         stub.assert_no_pending_responses()
     assert ctx.root.read_text("/var/lib/herd-agent/token") == first
+
+
+CONTROL_PLANE = Identity("i-0000000000000c004", "us-east-1", "us-east-1a", "10.0.0.9", "m6i.large", None, "blue",
+                         "control-plane")
+
+
+def external_etcd_context(tmp_path: Path) -> JoinContext:
+    from herd_agent.discovery.control_plane import Candidate, Endpoint
+
+    ctx = context(tmp_path, config="discovery:\n  addresses: [10.0.0.1, 10.0.0.2, 10.0.0.3]\n  attempts: 1\n"
+                                   "etcd:\n  mode: external\n")
+    ctx.ident = CONTROL_PLANE
+    ctx.state = JoinState(CONTROL_PLANE.instance_id, "blue", "control-plane", endpoint_ip="10.0.0.1")
+    ctx.endpoint = Endpoint(Candidate("10.0.0.1"), [], None)  # discovery chose 10.0.0.1
+    for service in ("secretsmanager", "autoscaling"):
+        ctx.clients.given[service] = boto3.client(service, region_name="us-east-1", aws_access_key_id="x",
+                                                  aws_secret_access_key="x")
+    return ctx
+
+
+def test_an_etcd_join_moves_on_when_the_control_plane_it_came_through_stops_answering(
+        tmp_path: Path, monkeypatch) -> None:
+    """A replacement control plane discovered the one it replaces (its k3s still answered), whose
+    etcd then stopped before the join reached it: the join goes through another healthy control
+    plane (seen once under load in the lifecycle scenario: exit 69, "no etcd endpoint answered")."""
+    from herd_agent.etcd import membership
+    from herd_agent.etcd.errors import EtcdUnreachable
+
+    through: list[list[str]] = []
+    gone = {"10.0.0.1"}
+
+    class Leaving(membership.Membership):
+        def join(self, peers, oracle=None):  # type: ignore[no-untyped-def]
+            through.append(list(peers))
+            if any(f"//{ip}:" in p for ip in gone for p in peers):
+                raise EtcdUnreachable(f"no etcd endpoint answered: {peers[0]} refused")
+            return None
+
+    monkeypatch.setattr(membership, "Membership", Leaving)
+    ctx = external_etcd_context(tmp_path)
+    checked: list[str] = []
+    ctx.check = lambda c: checked.append(c.ip) or True  # every k3s answers /ping
+    steps.Etcd().run(ctx)
+    assert [p[0].split("//")[1].split(":")[0] for p in through] == ["10.0.0.1", "10.0.0.2"]
+    assert "10.0.0.1" not in checked  # the one that stopped answering is not chosen again
+
+    # When no control plane's etcd answers, the join gives up after ETCD_PEER_TRIES of them.
+    through.clear()
+    gone.update({"10.0.0.2", "10.0.0.3"})
+    ctx = external_etcd_context(tmp_path / "again")
+    ctx.check = lambda c: True
+    with pytest.raises(EtcdUnreachable):
+        steps.Etcd().run(ctx)
+    assert len(through) == steps.ETCD_PEER_TRIES == 3
