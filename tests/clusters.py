@@ -70,7 +70,8 @@ class SandboxCluster:
 
     def group(self, role: str, size: int, *, terminate_hook: bool = False, heartbeat_timeout: int = 3600) -> list[str]:
         group = f"{self.name}-{role}"
-        # 7200 s (the most AWS allows) is 72 s at time factor 0.01: room for a join on a loaded machine.
+        # 7200 s, the most AWS allows: room for a join on a loaded machine (72 s at time factor 0.01,
+        # 720 s in the join tests' region).
         hooks = [Hook("launch", "launching", heartbeat_timeout=7200, default_result="ABANDON")]
         if terminate_hook:
             hooks.append(Hook("terminate", "terminating", heartbeat_timeout=heartbeat_timeout,
