@@ -22,7 +22,9 @@ class Imds:
         self.url = url
         self.http = requests.Session()
 
-    def token(self, ttl: str | None = "60", **headers: str) -> requests.Response:
+    def token(self, ttl: str | None = "21600", **headers: str) -> requests.Response:
+        # The region's time factor scales token TTLs (0.01 here): the longest TTL AWS allows
+        # (6 h, 216 s scaled) outlives any test that reuses one token, however slow the machine.
         if ttl is not None:
             headers[TTL] = ttl
         return self.http.put(self.url + "/latest/api/token", headers=headers, timeout=5)

@@ -330,7 +330,7 @@ def test_standby_and_detach_show_in_imds_target_state(aws_region: Region, group:
     assert aws_region.lifecycle_state(b) == "Detached"
     for iid, want in ((a, "Standby"), (b, "Detached")):
         url = aws_region.instance(iid).imds_url
-        token = requests.put(url + "/latest/api/token", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"}).text
+        token = requests.put(url + "/latest/api/token", headers={"X-aws-ec2-metadata-token-ttl-seconds": "21600"}).text
         got = requests.get(
             url + "/latest/meta-data/autoscaling/target-lifecycle-state", headers={"X-aws-ec2-metadata-token": token}
         )
