@@ -31,8 +31,9 @@ LEAVE_CONFIG = "leave:\n  reserve_s: 5\n"
 def make_cluster(region: Region, kube_sandbox: KubeSandbox, tmp_path: Path, toolchain):
     made: list[SandboxCluster] = []
 
-    def make(config: str = "") -> SandboxCluster:
-        c = SandboxCluster(region, kube_sandbox, tmp_path, toolchain, LEAVE_CONFIG + config)
+    def make(config: str = "", reserve_s: int = 5) -> SandboxCluster:
+        leave = LEAVE_CONFIG.replace("reserve_s: 5", f"reserve_s: {reserve_s}")
+        c = SandboxCluster(region, kube_sandbox, tmp_path, toolchain, leave + config)
         made.append(c)
         return c
 
@@ -111,7 +112,7 @@ def test_worker_with_20_pods_is_scaled_in(make_cluster) -> None:
     (cp,) = c.group("control-plane", 1)
     c.join(cp)
     cordon(kube, cp)
-    w1, w2 = c.group("node", 2, terminate_hook=True, heartbeat_timeout=1200)  # beats every 400 s (4 s here)
+    w1, w2 = c.group("node", 2, terminate_hook=True, heartbeat_timeout=3600)  # 36 s here, beats every 12 s
     c.join(w1)
     kube.seed(
         {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "logs", "namespace": "kube-system"},
@@ -159,7 +160,8 @@ def test_worker_with_20_pods_is_scaled_in(make_cluster) -> None:
 
 
 def test_pdb_that_never_allows_is_driven_by_the_deadline(make_cluster) -> None:
-    c = make_cluster("  deadline_s: 12\n")
+    # 10 s kept back for the steps after the drain: room on a loaded machine to finish inside the deadline.
+    c = make_cluster("  deadline_s: 20\n", reserve_s=10)
     kube = c.kube
     (cp,) = c.group("control-plane", 1)
     c.join(cp)
@@ -313,7 +315,7 @@ def test_complete_lifecycle_action_is_retried_through_throttling_5xx_and_access_
     c = make_cluster()
     (cp,) = c.group("control-plane", 1)
     c.join(cp)
-    (w1,) = c.group("node", 1, terminate_hook=True, heartbeat_timeout=600)  # 6 s here: beats must go on
+    (w1,) = c.group("node", 1, terminate_hook=True, heartbeat_timeout=1200)  # 12 s here: beats must go on
     c.join(w1)
     c.region.throttle("autoscaling", "CompleteLifecycleAction", burst=6)
     c.region.faults.add(AwsFault("autoscaling", "CompleteLifecycleAction", "5xx", count=6, caller=w1))
