@@ -24,7 +24,7 @@ def worker(region: Region, tmp_path: Path, tags: dict[str, str] | None = None, c
                         tags={"herd:cluster": name, "herd:role": "node"} if tags is None else tags)
     (iid,) = region.group_instances(name)
     inst = SandboxInstance(iid, tmp_path / iid, region.env(iid)).prepare()
-    inst.write_config("discovery:\n  attempts: 2\n  backoff_max_s: 0.1\n  health_timeout_s: 0.5\n" + config)
+    inst.write_config("discovery:\n  attempts: 2\n  backoff_max_s: 0.1\n  health_timeout_s: 5\n" + config)
     return inst
 
 

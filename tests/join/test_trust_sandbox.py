@@ -61,12 +61,6 @@ def test_a_worker_never_holds_the_server_token(cluster: SandboxCluster) -> None:
     assert ssm_reads and all(x.action == "GetParameter" for x in ssm_reads)
 
 
-def _worker_config(c: SandboxCluster, w: str, attempts: int) -> None:
-    inst = c.instances[w]
-    text = inst.root.read_text("/etc/herd-agent/config.yaml").replace("attempts: 40", f"attempts: {attempts}")
-    inst.write_config(text)
-
-
 def test_a_joiner_with_the_secure_token_refuses_a_rogue_control_plane(cluster: SandboxCluster,
                                                                       tmp_path: Path) -> None:
     c = cluster
@@ -97,7 +91,8 @@ def test_a_joiner_with_the_secure_token_refuses_a_rogue_control_plane(cluster: S
         inst = SandboxInstance(w2, tmp_path / w2, {**c.region.env(w2),
                                                    "HERD_SANDBOX_KUBECONFIG": str(c.kube.admin_kubeconfig)}).prepare()
         inst.write_config(c.instances[w1].root.read_text("/etc/herd-agent/config.yaml")
-                          .replace("attempts: 40", "attempts: 3"))
+                          .replace("attempts: 40", "attempts: 3")
+                          .replace("health_timeout_s: 1\n", "health_timeout_s: 5\n"))  # a slow rogue still answers
         r = inst.agent("join")
     finally:
         ping.close()

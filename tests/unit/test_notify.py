@@ -69,14 +69,14 @@ def test_watchdog_pings_while_healthy_only(notify_socket: socket.socket, monkeyp
     monkeypatch.setenv("WATCHDOG_USEC", "200000")  # 0.2 s → a ping every 0.1 s
     healthy = [True]
     n = Notifier()
+    started = time.monotonic()
     assert n.start_watchdog(lambda: healthy[0])
     try:
-        stamps = []
         for _ in range(3):
             assert recv(notify_socket) == "WATCHDOG=1"
-            stamps.append(time.monotonic())
-        gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-        assert all(g >= 0.08 for g in gaps), gaps
+        # A ping is received no earlier than it was sent (a slow reader may get several at once):
+        # three pings span at least two periods, or the notifier pings faster than half the interval.
+        assert time.monotonic() - started >= 0.18
         healthy[0] = False
         # Drain anything sent before the flip, then expect silence for several periods.
         notify_socket.settimeout(0.35)
