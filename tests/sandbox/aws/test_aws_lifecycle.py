@@ -118,14 +118,32 @@ def test_abandon_on_launch_terminates_and_replaces(aws_region: Region, group: Ca
     assert asg_state(aws_region, replacement) == "Pending:Wait"
 
 
+def region_group(
+    make_aws_region: Callable[..., Region],
+    hook: Hook,
+    desired: int = 1,
+    time_factor: float = 1.0,
+    clock: ManualClock | None = None,
+) -> tuple[Region, list[str]]:
+    """A region of its own (its clock factor, a ManualClock when given) with one group "workers"."""
+    region = make_aws_region(time_factor=time_factor, clock=clock)
+    region.create_launch_template("workers-lt")
+    region.create_group("workers", "workers-lt", desired=desired, hooks=[hook])
+    return region, region.group_instances("workers")
+
+
+def one_instance_group(
+    make_aws_region: Callable[..., Region], hook: Hook, time_factor: float = 1.0, clock: ManualClock | None = None
+) -> tuple[Region, str]:
+    region, (iid,) = region_group(make_aws_region, hook, time_factor=time_factor, clock=clock)
+    return region, iid
+
+
 def test_scale_in_waits_in_terminating_wait(make_aws_region: Callable[..., Region]) -> None:
     # A step-controlled clock: the Terminating:Proceed delay (PROCEED_DELAY_S, scaled) passes
     # only when the test advances it, however slow the machine is between two calls.
     clock = ManualClock()
-    region: Region = make_aws_region(time_factor=0.01, clock=clock)
-    region.create_launch_template("workers-lt")
-    region.create_group("workers", "workers-lt", desired=2, max_size=6, hooks=[TERMINATE])
-    a, b = region.group_instances("workers")
+    region, (a, b) = region_group(make_aws_region, TERMINATE, desired=2, time_factor=0.01, clock=clock)
     region.scale("workers", 1)
     states = group_states(region, "workers")
     (leaving,) = [i for i, s in states.items() if s == "Terminating:Wait"]
@@ -243,14 +261,6 @@ def test_hook_added_later_applies_to_later_launches(aws_region: Region, group: C
 # -- timeouts ------------------------------------------------------------------------------------
 
 
-def one_instance_group(
-    make_aws_region: Callable[..., Region], hook: Hook, time_factor: float = 1.0, clock: ManualClock | None = None
-) -> tuple[Region, str]:
-    region = make_aws_region(time_factor=time_factor, clock=clock)
-    region.create_launch_template("workers-lt")
-    region.create_group("workers", "workers-lt", desired=1, hooks=[hook])
-    (iid,) = region.group_instances("workers")
-    return region, iid
 
 
 def test_heartbeat_restarts_the_heartbeat_timer(make_aws_region: Callable[..., Region]) -> None:
