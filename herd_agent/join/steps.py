@@ -231,11 +231,11 @@ class Etcd:
 
     @staticmethod
     def _another_control_plane(ctx: JoinContext, tried: list[str]) -> str:
-        """A healthy control plane other than ``tried`` (IPs), verified against the CA pinned at
-        discovery. Raises NoControlPlaneError or CaMismatchError (discovery's own errors)."""
-        ca = ctx.endpoint.ca_pem if ctx.endpoint else control_plane.pinned_ca(ctx.root)
-        return control_plane.healthy_endpoint(ctx.ident, ctx.cfg, ca_pem=ca, check=ctx.check,
-                                              ec2=ctx.clients("ec2"), exclude=tried).chosen.ip
+        """A healthy control plane other than ``tried`` (IPs), verified against the CA the token
+        step pinned (as :meth:`WaitReady.heal` does). Raises NoControlPlaneError or
+        CaMismatchError (discovery's own errors)."""
+        return control_plane.healthy_endpoint(ctx.ident, ctx.cfg, ca_pem=control_plane.pinned_ca(ctx.root),
+                                              check=ctx.check, ec2=ctx.clients("ec2"), exclude=tried).chosen.ip
 
 
 class K3sConfig:
